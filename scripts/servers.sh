@@ -1,0 +1,510 @@
+#!/usr/bin/env bash
+# Start/stop the real servers the test suite talks to (DESIGN.md §7: no Docker engine,
+# so Redis and PostgreSQL come from the Debian packages and run on loopback).
+#
+# Usage: scripts/servers.sh start|stop|status|env
+#                           start-redis|stop-redis        (the single Redis only)
+#                           start-postgres|stop-postgres  (PostgreSQL only)
+#
+# Environment (all optional):
+#   FSTORE_RUN_DIR             runtime dir for data, logs, pid files (default: <repo>/.run)
+#   FSTORE_TEST_REDIS_PORT     single Redis port              (default: 6391)
+#   FSTORE_TEST_CLUSTER_PORTS  Redis Cluster master ports     (default: "7101 7102 7103")
+#   FSTORE_TEST_PG_PORT        PostgreSQL port                (default: 5439)
+#   FSTORE_SERVERS_TIMEOUT     seconds for every wait loop    (default: 30)
+#
+# Must work unattended (CI=true, no stdin, no TTY) as root on a fresh Debian 12, and also
+# as a normal user when the packages are already installed.
+set -euo pipefail
+
+# Repo root from the script's own location, so it works from any cwd.
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN_DIR="${FSTORE_RUN_DIR:-$REPO_ROOT/.run}"
+REDIS_PORT="${FSTORE_TEST_REDIS_PORT:-6391}"
+read -r -a CLUSTER_PORTS <<<"${FSTORE_TEST_CLUSTER_PORTS:-7101 7102 7103}"
+PG_PORT="${FSTORE_TEST_PG_PORT:-5439}"
+TIMEOUT="${FSTORE_SERVERS_TIMEOUT:-30}"
+HOST=127.0.0.1
+PG_DB=fstore_test
+PG_USER=postgres
+# Bound psql/createdb connection attempts too (libpq waits indefinitely by default).
+export PGCONNECT_TIMEOUT=5
+
+# Ports end up in URLs, file names and config files: accept digits only.
+for _p in "$REDIS_PORT" "${CLUSTER_PORTS[@]}" "$PG_PORT"; do
+  [[ "$_p" =~ ^[0-9]+$ ]] || { echo "[servers] ERROR: invalid port '$_p'" >&2; exit 2; }
+done
+[[ "$TIMEOUT" =~ ^[0-9]+$ ]] || { echo "[servers] ERROR: invalid FSTORE_SERVERS_TIMEOUT '$TIMEOUT'" >&2; exit 2; }
+
+LOG_DIR="$RUN_DIR/logs"
+REDIS_DIR="$RUN_DIR/redis"
+CLUSTER_DIR="$RUN_DIR/redis-cluster"
+PG_DIR="$RUN_DIR/postgres"
+PG_DATA="$PG_DIR/data"
+# PostgreSQL needs write access to its socket dir; the run dir itself stays root-owned,
+# so the sockets live in a postgres-owned subdirectory of it.
+PG_SOCKET_DIR="$PG_DIR/socket"
+PG_LOG="$LOG_DIR/postgres.log"
+
+log() { printf '[servers] %s\n' "$*" >&2; }
+die() { printf '[servers] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Print the tail of a log file to stderr (used in every timeout message).
+log_tail() {
+  local file="$1"
+  if [[ -s "$file" ]]; then
+    printf '[servers] --- last lines of %s ---\n' "$file" >&2
+    tail -n 30 "$file" >&2 || true
+    printf '[servers] --- end of %s ---\n' "$file" >&2
+  else
+    printf '[servers] (log %s is empty or missing)\n' "$file" >&2
+  fi
+}
+
+is_root() { [[ "$(id -u)" -eq 0 ]]; }
+
+# ---------------------------------------------------------------------------------------
+# Packages
+# ---------------------------------------------------------------------------------------
+
+pkg_installed() {
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+}
+
+apt_install() {
+  local -a install_cmd=(apt-get install -y --no-install-recommends "$@")
+  local policy_created=0
+  # Debian postinst scripts would start the system redis (6379) and the "15/main" cluster
+  # (5432) unless a policy-rc.d forbids it. Docker-style images ship one; if this machine
+  # does not, add a temporary one so apt starts nothing we would have to clean up.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    policy_created=1
+  fi
+  local rc=0
+  # Try without `apt-get update` first (fast when lists are fresh); update only on failure.
+  DEBIAN_FRONTEND=noninteractive "${install_cmd[@]}" </dev/null || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    log "apt-get install failed (rc=$rc); running apt-get update and retrying"
+    rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get update </dev/null || rc=$?
+    [[ $rc -eq 0 ]] && { DEBIAN_FRONTEND=noninteractive "${install_cmd[@]}" </dev/null || rc=$?; }
+  fi
+  [[ $policy_created -eq 1 ]] && rm -f /usr/sbin/policy-rc.d
+  return "$rc"
+}
+
+ensure_packages() {
+  local -a missing=()
+  local p
+  for p in redis-server redis-tools postgresql; do
+    pkg_installed "$p" || missing+=("$p")
+  done
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    is_root || die "missing Debian packages: ${missing[*]} (run as root so they can be installed)"
+    log "installing Debian packages: ${missing[*]}"
+    apt_install "${missing[@]}" || die "apt-get install ${missing[*]} failed"
+  fi
+  command -v redis-server >/dev/null || die "redis-server not found on PATH"
+  command -v redis-cli >/dev/null || die "redis-cli not found on PATH"
+}
+
+pg_bin_dir() {
+  local d
+  # shellcheck disable=SC2012 # plain version-named dirs; sort -V picks the newest major
+  d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)"
+  [[ -n "$d" && -x "$d/pg_ctl" ]] || die "no PostgreSQL binaries under /usr/lib/postgresql/*/bin"
+  printf '%s\n' "$d"
+}
+
+# ---------------------------------------------------------------------------------------
+# Helpers for Redis processes we started (identified by our own pid files only)
+# ---------------------------------------------------------------------------------------
+
+# Succeeds if the process exists and is not a zombie. Our daemons are re-parented to pid 1,
+# which here may reap them late, and kill -0 succeeds on a zombie.
+proc_running() {
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null || true)"
+  [[ -n "$state" && "$state" != "Z" && "$state" != "X" ]]
+}
+
+# Succeeds if the pid file names a live redis-server process.
+pid_alive() {
+  local pidfile="$1" pid
+  [[ -f "$pidfile" ]] || return 1
+  pid="$(cat "$pidfile" 2>/dev/null || true)"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  proc_running "$pid" || return 1
+  # Guard against pid reuse after a crash/reboot.
+  grep -q '^redis-server' "/proc/$pid/comm" 2>/dev/null
+}
+
+# redis-cli waits forever for a reply; a hung or foreign listener must not hang us.
+rcli() { timeout 3 redis-cli "$@" </dev/null; }
+
+# Succeeds if something accepts TCP connections on the port (bash's /dev/tcp, no nc needed).
+port_in_use() { timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null; }
+
+redis_ping() { [[ "$(rcli -h "$HOST" -p "$1" ping 2>/dev/null || true)" == "PONG" ]]; }
+
+wait_redis_up() {
+  local port="$1" logfile="$2" deadline=$((SECONDS + TIMEOUT))
+  while ((SECONDS < deadline)); do
+    redis_ping "$port" && return 0
+    sleep 0.1
+  done
+  log_tail "$logfile"
+  die "Redis on $HOST:$port did not answer PING within ${TIMEOUT}s"
+}
+
+# Start one redis-server daemon unless ours is already running.
+#   $1 port, $2 data dir, $3 pid file, $4 log file, rest: extra redis-server args
+start_redis_instance() {
+  local port="$1" dir="$2" pidfile="$3" logfile="$4"
+  shift 4
+  if pid_alive "$pidfile"; then
+    wait_redis_up "$port" "$logfile"
+    return 0
+  fi
+  rm -f "$pidfile"
+  # Something else (not ours) on the port would make tests talk to the wrong server.
+  if port_in_use "$port"; then
+    die "port $HOST:$port is already in use by a process we did not start (no live pid in $pidfile); stop it or choose another port"
+  fi
+  mkdir -p "$dir" "$(dirname "$logfile")"
+  # No persistence: test data is disposable and fsync-free runs are faster.
+  redis-server --bind "$HOST" --port "$port" --dir "$dir" \
+    --daemonize yes --pidfile "$pidfile" --logfile "$logfile" \
+    --save '' --appendonly no "$@" </dev/null ||
+    { log_tail "$logfile"; die "redis-server on port $port failed to start"; }
+  wait_redis_up "$port" "$logfile"
+  log "redis on $HOST:$port started"
+}
+
+stop_redis_instance() {
+  local port="$1" pidfile="$2" logfile="$3" pid deadline=$((SECONDS + TIMEOUT))
+  if ! pid_alive "$pidfile"; then
+    rm -f "$pidfile"
+    return 0
+  fi
+  pid="$(cat "$pidfile")"
+  rcli -h "$HOST" -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  while ((SECONDS < deadline)); do
+    proc_running "$pid" || { rm -f "$pidfile"; log "redis on $HOST:$port stopped"; return 0; }
+    sleep 0.1
+  done
+  # SHUTDOWN did not work (hung server?): terminate the process we started, by its pid.
+  log "redis on port $port ignored SHUTDOWN for ${TIMEOUT}s; sending SIGTERM/SIGKILL to pid $pid"
+  log_tail "$logfile"
+  kill "$pid" 2>/dev/null || true
+  sleep 2
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
+# ---------------------------------------------------------------------------------------
+# Single Redis
+# ---------------------------------------------------------------------------------------
+
+redis_pidfile() { printf '%s/redis-%s.pid\n' "$RUN_DIR" "$REDIS_PORT"; }
+redis_logfile() { printf '%s/redis-%s.log\n' "$LOG_DIR" "$REDIS_PORT"; }
+
+start_redis() {
+  start_redis_instance "$REDIS_PORT" "$REDIS_DIR" "$(redis_pidfile)" "$(redis_logfile)"
+}
+
+stop_redis() {
+  stop_redis_instance "$REDIS_PORT" "$(redis_pidfile)" "$(redis_logfile)"
+}
+
+# ---------------------------------------------------------------------------------------
+# Redis Cluster (masters only)
+# ---------------------------------------------------------------------------------------
+
+cluster_pidfile() { printf '%s/redis-cluster-%s.pid\n' "$RUN_DIR" "$1"; }
+cluster_logfile() { printf '%s/redis-cluster-%s.log\n' "$LOG_DIR" "$1"; }
+
+cluster_field() { # $1 port, $2 field of CLUSTER INFO
+  rcli -h "$HOST" -p "$1" cluster info 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"
+}
+
+start_cluster_nodes() {
+  local port
+  for port in "${CLUSTER_PORTS[@]}"; do
+    # Each node also listens on its cluster bus port, port + 10000.
+    if ! pid_alive "$(cluster_pidfile "$port")" && port_in_use $((port + 10000)); then
+      die "cluster bus port $HOST:$((port + 10000)) (for node $port) is already in use by another process"
+    fi
+    start_redis_instance "$port" "$CLUSTER_DIR/$port" "$(cluster_pidfile "$port")" \
+      "$(cluster_logfile "$port")" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000
+  done
+}
+
+stop_cluster() {
+  local port
+  for port in "${CLUSTER_PORTS[@]}"; do
+    stop_redis_instance "$port" "$(cluster_pidfile "$port")" "$(cluster_logfile "$port")"
+  done
+}
+
+# "formed": every node knows all nodes and all 16384 slots are assigned (it may still be
+# converging to cluster_state:ok right after a restart).
+cluster_formed() {
+  local port n=${#CLUSTER_PORTS[@]}
+  for port in "${CLUSTER_PORTS[@]}"; do
+    [[ "$(cluster_field "$port" cluster_known_nodes)" == "$n" ]] || return 1
+    [[ "$(cluster_field "$port" cluster_slots_assigned)" == "16384" ]] || return 1
+  done
+}
+
+# "pristine": every node is alone with no slots, i.e. ready for --cluster create.
+cluster_pristine() {
+  local port
+  for port in "${CLUSTER_PORTS[@]}"; do
+    [[ "$(cluster_field "$port" cluster_known_nodes)" == "1" ]] || return 1
+    [[ "$(cluster_field "$port" cluster_slots_assigned)" == "0" ]] || return 1
+  done
+}
+
+wait_cluster_ok() {
+  local port all_ok deadline=$((SECONDS + TIMEOUT))
+  while ((SECONDS < deadline)); do
+    all_ok=1
+    for port in "${CLUSTER_PORTS[@]}"; do
+      [[ "$(cluster_field "$port" cluster_state)" == "ok" ]] || { all_ok=0; break; }
+    done
+    [[ $all_ok -eq 1 ]] && return 0
+    sleep 0.1
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    log "cluster info on port $port:"
+    rcli -h "$HOST" -p "$port" cluster info 2>&1 | tr -d '\r' | head -8 >&2 || true
+    log_tail "$(cluster_logfile "$port")"
+  done
+  die "Redis Cluster on ports ${CLUSTER_PORTS[*]} did not reach cluster_state:ok within ${TIMEOUT}s"
+}
+
+create_cluster() {
+  local -a addrs=()
+  local port
+  for port in "${CLUSTER_PORTS[@]}"; do addrs+=("$HOST:$port"); done
+  log "creating Redis Cluster ${addrs[*]}"
+  # --cluster-yes answers the interactive prompt; stdin is closed in CI anyway.
+  timeout $((TIMEOUT + 30)) redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes </dev/null \
+    >"$LOG_DIR/redis-cluster-create.log" 2>&1 ||
+    { log_tail "$LOG_DIR/redis-cluster-create.log"; die "redis-cli --cluster create failed"; }
+}
+
+start_cluster() {
+  [[ ${#CLUSTER_PORTS[@]} -ge 3 ]] || die "Redis Cluster needs at least 3 masters (FSTORE_TEST_CLUSTER_PORTS)"
+  start_cluster_nodes
+  if cluster_formed; then
+    : # existing cluster from nodes.conf: the nodes re-join on their own
+  elif cluster_pristine; then
+    create_cluster
+  else
+    # Half-formed state (e.g. a node's dir was deleted, or create was interrupted). The
+    # cluster holds no persisted data, so wipe the nodes and build it again.
+    log "Redis Cluster state is inconsistent; recreating it from scratch"
+    stop_cluster
+    rm -rf "$CLUSTER_DIR"
+    start_cluster_nodes
+    create_cluster
+  fi
+  wait_cluster_ok
+  log "redis cluster on ports ${CLUSTER_PORTS[*]} is ok"
+}
+
+# ---------------------------------------------------------------------------------------
+# PostgreSQL
+# ---------------------------------------------------------------------------------------
+
+# initdb/pg_ctl refuse to run as root, so run them as postgres when we are root.
+as_pg() {
+  if is_root; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+pg_running() {
+  [[ -f "$PG_DATA/PG_VERSION" ]] || return 1
+  as_pg "$(pg_bin_dir)/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1
+}
+
+pg_prepare_dirs() {
+  mkdir -p "$PG_DIR" "$PG_SOCKET_DIR" "$LOG_DIR"
+  touch "$PG_LOG"
+  if is_root; then
+    id postgres >/dev/null 2>&1 || die "user postgres does not exist (is the postgresql package installed?)"
+    chown postgres: "$PG_DIR" "$PG_SOCKET_DIR" "$PG_LOG"
+    [[ -d "$PG_DATA" ]] && chown -R postgres: "$PG_DATA"
+    # The postgres user must be able to reach the run dir through every parent directory.
+    runuser -u postgres -- test -w "$PG_DIR" ||
+      die "user postgres cannot write $PG_DIR (a parent of $RUN_DIR is not searchable by others?); set FSTORE_RUN_DIR elsewhere"
+  fi
+}
+
+pg_initdb() {
+  local bin="$1"
+  log "initdb $PG_DATA"
+  rm -rf "$PG_DATA"
+  as_pg "$bin/initdb" -D "$PG_DATA" --auth=trust --username="$PG_USER" -E UTF8 --locale=C \
+    --no-sync </dev/null >"$LOG_DIR/initdb.log" 2>&1 ||
+    { log_tail "$LOG_DIR/initdb.log"; die "initdb failed"; }
+  # Our settings live in their own file, rewritten on every start (ports may change).
+  printf "\ninclude_if_exists = 'fstore-test.conf'\n" | as_pg tee -a "$PG_DATA/postgresql.conf" >/dev/null
+}
+
+pg_write_conf() {
+  # Tuned for disposable test data: durability off, loopback only.
+  as_pg tee "$PG_DATA/fstore-test.conf" >/dev/null <<EOF
+# Written by scripts/servers.sh on every start; do not edit.
+port = $PG_PORT
+listen_addresses = '$HOST'
+unix_socket_directories = '$PG_SOCKET_DIR'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+}
+
+pg_isready_port() {
+  "$(pg_bin_dir)/pg_isready" -q -h "$HOST" -p "$PG_PORT" -t 1 >/dev/null 2>&1
+}
+
+start_postgres() {
+  local bin deadline
+  bin="$(pg_bin_dir)"
+  if pg_running; then
+    :
+  else
+    if port_in_use "$PG_PORT"; then
+      die "port $HOST:$PG_PORT is already in use by a process we did not start ($PG_DATA is not running); stop it or set FSTORE_TEST_PG_PORT"
+    fi
+    pg_prepare_dirs
+    [[ -f "$PG_DATA/PG_VERSION" ]] || pg_initdb "$bin"
+    pg_write_conf
+    # -w waits until it accepts connections; -t bounds that wait.
+    as_pg "$bin/pg_ctl" start -w -t "$TIMEOUT" -D "$PG_DATA" -l "$PG_LOG" </dev/null >/dev/null 2>&1 ||
+      { log_tail "$PG_LOG"; die "PostgreSQL on $HOST:$PG_PORT failed to start within ${TIMEOUT}s"; }
+    log "postgres on $HOST:$PG_PORT started"
+  fi
+  deadline=$((SECONDS + TIMEOUT))
+  while ((SECONDS < deadline)); do
+    pg_isready_port && break
+    sleep 0.1
+  done
+  pg_isready_port || { log_tail "$PG_LOG"; die "PostgreSQL on $HOST:$PG_PORT not ready within ${TIMEOUT}s"; }
+  # Create the test database once (TCP + trust auth works for any OS user).
+  local exists
+  exists="$("$bin/psql" -h "$HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -XtAq \
+    -c "select 1 from pg_database where datname = '$PG_DB'" </dev/null)" ||
+    { log_tail "$PG_LOG"; die "cannot query PostgreSQL on $HOST:$PG_PORT"; }
+  if [[ "$exists" != "1" ]]; then
+    "$bin/createdb" -h "$HOST" -p "$PG_PORT" -U "$PG_USER" "$PG_DB" </dev/null ||
+      die "createdb $PG_DB failed"
+    log "database $PG_DB created"
+  fi
+}
+
+stop_postgres() {
+  [[ -f "$PG_DATA/PG_VERSION" ]] || return 0
+  local bin
+  bin="$(pg_bin_dir)"
+  if pg_running; then
+    as_pg "$bin/pg_ctl" stop -m fast -w -t "$TIMEOUT" -D "$PG_DATA" </dev/null >/dev/null 2>&1 ||
+      { log_tail "$PG_LOG"; die "PostgreSQL did not stop within ${TIMEOUT}s"; }
+    log "postgres on $HOST:$PG_PORT stopped"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------
+
+print_env() {
+  local nodes="" port
+  for port in "${CLUSTER_PORTS[@]}"; do nodes+="${nodes:+,}$HOST:$port"; done
+  # Unquoted on purpose (ports are validated digits): the lines are valid for both
+  # `eval` in bash and dotenv-style parsers.
+  printf 'export FSTORE_TEST_REDIS_URL=%s\n' "redis://$HOST:$REDIS_PORT"
+  printf 'export FSTORE_TEST_REDIS_CLUSTER_NODES=%s\n' "$nodes"
+  printf 'export FSTORE_TEST_POSTGRES_URL=%s\n' "postgres://$PG_USER@$HOST:$PG_PORT/$PG_DB"
+}
+
+print_status() {
+  local rc=0 port
+  if pid_alive "$(redis_pidfile)" && redis_ping "$REDIS_PORT"; then
+    echo "redis      $HOST:$REDIS_PORT  running"
+  else
+    echo "redis      $HOST:$REDIS_PORT  stopped"; rc=1
+  fi
+  for port in "${CLUSTER_PORTS[@]}"; do
+    if pid_alive "$(cluster_pidfile "$port")" && redis_ping "$port"; then
+      echo "cluster    $HOST:$port  running (cluster_state:$(cluster_field "$port" cluster_state))"
+    else
+      echo "cluster    $HOST:$port  stopped"; rc=1
+    fi
+  done
+  if pg_running; then
+    echo "postgres   $HOST:$PG_PORT  running"
+  else
+    echo "postgres   $HOST:$PG_PORT  stopped"; rc=1
+  fi
+  return "$rc"
+}
+
+main() {
+  local sub="${1:-}"
+  case "$sub" in
+    start)
+      ensure_packages
+      mkdir -p "$RUN_DIR" "$LOG_DIR"
+      start_redis
+      start_cluster
+      start_postgres
+      ;;
+    stop)
+      # Best effort for each server so one failure does not leave the others running.
+      local rc=0
+      if command -v redis-cli >/dev/null; then
+        (stop_redis) || rc=1
+        (stop_cluster) || rc=1
+      fi
+      if [[ -f "$PG_DATA/PG_VERSION" ]]; then (stop_postgres) || rc=1; fi
+      return "$rc"
+      ;;
+    start-redis)
+      ensure_packages
+      mkdir -p "$RUN_DIR" "$LOG_DIR"
+      start_redis
+      ;;
+    stop-redis)
+      command -v redis-cli >/dev/null || return 0
+      stop_redis
+      ;;
+    start-postgres)
+      ensure_packages
+      mkdir -p "$RUN_DIR" "$LOG_DIR"
+      start_postgres
+      ;;
+    stop-postgres)
+      stop_postgres
+      ;;
+    status) print_status ;;
+    env) print_env ;;
+    *)
+      echo "usage: $0 start|stop|status|env|start-redis|stop-redis|start-postgres|stop-postgres" >&2
+      exit 2
+      ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,373 @@
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { Cluster, Redis } from 'ioredis';
+import type { ChainableCommander, Result } from 'ioredis';
+import { FStoreError, invalidArgument } from '../../domain/errors.js';
+import { eventTimeBytes } from '../../domain/online-codec.js';
+import type { OnlineEntry, OnlineStore, OnlineWriteResult } from '../../ports/online-store.js';
+import type { RedisOnlineStoreOptions, ResolvedRedisOnlineStoreOptions } from './options.js';
+import { validateRedisOnlineStoreOptions } from './options.js';
+
+/**
+ * The online store on Redis or Redis Cluster (DESIGN §4, §6).
+ *
+ * - Reads: one MGET on a single server; on a cluster one MGET per hash slot (MGET cannot cross
+ *   slots), sent as ONE pipeline per master node, all nodes in parallel. ioredis writes a pipeline
+ *   to its socket in one write, so a call costs one round trip per node, whatever the batch size.
+ * - Writes: `lua/write-rows.lua` compares the stored 8-byte event time with the new one and sets
+ *   the row atomically; many rows per EVALSHA (one slot each on a cluster), one pipeline per node.
+ * - Failure: no offline queue and no command retries, so while Redis is down every call fails at
+ *   once with FStoreError 'unavailable'; the client reconnects by itself with a bounded backoff.
+ */
+
+const writeRowsCommand = 'fstoreWriteOnlineRows';
+
+declare module 'ioredis' {
+  interface RedisCommander<Context> {
+    /** `lua/write-rows.lua`: numberOfKeys, the keys, then (row, expireAtMs) per key. */
+    fstoreWriteOnlineRows(
+      numberOfKeys: number,
+      ...keysThenArguments: (string | Buffer)[]
+    ): Result<[written: number, stale: number], Context>;
+  }
+}
+
+// ioredis routes and checks pipelines with this very function, so our grouping always agrees.
+const calculateSlot = createRequire(import.meta.url)('cluster-key-slot') as (key: string) => number;
+
+/**
+ * Rows per EVALSHA: the script blocks Redis while it runs, so a huge batch is cut into pieces of
+ * about a millisecond each (a GETRANGE + SET pair costs ~1-2 µs) that other clients can interleave.
+ */
+const rowsPerScriptCall = 500;
+
+type Client = Redis | Cluster;
+
+function reconnectDelay(attempt: number, maxDelayMs: number): number {
+  return Math.min(50 * 2 ** Math.min(attempt - 1, 10), maxDelayMs);
+}
+
+function createClient(options: ResolvedRedisOnlineStoreOptions): Client {
+  const connectionOptions = {
+    connectTimeout: options.connectTimeoutMs,
+    commandTimeout: options.commandTimeoutMs,
+    // Fail fast: a command is never retried or resent after a reconnect; the caller decides.
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
+    connectionName: 'fstore-online',
+    ...(options.password === undefined ? {} : { password: options.password }),
+  };
+  if (options.url !== undefined) {
+    return new Redis(options.url, {
+      ...connectionOptions,
+      // Without a connection, reject at once instead of queueing without bound.
+      enableOfflineQueue: false,
+      retryStrategy: (attempt) => reconnectDelay(attempt, options.maxReconnectDelayMs),
+    });
+  }
+  return new Cluster(
+    options.clusterNodes.map((node) => ({ host: node.host, port: node.port })),
+    {
+      enableOfflineQueue: false,
+      clusterRetryStrategy: (attempt) => reconnectDelay(attempt, options.maxReconnectDelayMs),
+      slotsRefreshTimeout: options.connectTimeoutMs,
+      redisOptions: connectionOptions,
+    },
+  );
+}
+
+function unavailable(reason: string, cause?: unknown): FStoreError {
+  return new FStoreError('unavailable', `online store (Redis) is unavailable: ${reason}`, { cause });
+}
+
+// Reply errors that say "not now" rather than "wrong request": a retry may succeed.
+const transientReplyErrors = new Set([
+  'CLUSTERDOWN',
+  'TRYAGAIN',
+  'LOADING',
+  'MASTERDOWN',
+  'READONLY',
+  'BUSY',
+  'MOVED',
+  'ASK',
+  'NOAUTH',
+  'WRONGPASS',
+]);
+
+/** Translates anything ioredis throws into the FStoreError the rest of FStore understands. */
+function translateError(error: unknown): FStoreError {
+  if (error instanceof FStoreError) return error;
+  const reason = error instanceof Error ? error.message : String(error);
+  // Anything but a reply from Redis (refused or closed connection, timeout, exhausted retries)
+  // means Redis could not answer.
+  if (!(error instanceof Error) || error.name !== 'ReplyError') return unavailable(reason, error);
+  const replyCode = reason.split(' ', 1)[0] as string;
+  if (transientReplyErrors.has(replyCode)) return unavailable(reason, error);
+  if (replyCode === 'OOM') {
+    return new FStoreError('resource_exhausted', `online store (Redis) is out of memory: ${reason}`, {
+      cause: error,
+    });
+  }
+  return new FStoreError('internal', `online store (Redis) failed: ${reason}`, { cause: error });
+}
+
+function asBuffer(bytes: Uint8Array): Buffer {
+  // Zero-copy view; ioredis would send a plain Uint8Array as the text "1,2,3".
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function validateEntries(entries: readonly OnlineEntry[]): void {
+  for (let index = 0; index < entries.length; index++) {
+    const entry = entries[index] as OnlineEntry;
+    if (typeof entry.key !== 'string') throw invalidArgument(`entries[${index}].key`, 'must be a string');
+    if (!(entry.value instanceof Uint8Array) || entry.value.byteLength < eventTimeBytes) {
+      throw invalidArgument(
+        `entries[${index}].value`,
+        `must start with an ${eventTimeBytes}-byte event time (got ${entry.value?.byteLength ?? 0} bytes)`,
+      );
+    }
+    if (!Number.isSafeInteger(entry.expireAtMs) || entry.expireAtMs < 0) {
+      throw invalidArgument(
+        `entries[${index}].expireAtMs`,
+        `must be 0 or a positive integer (ms since the epoch), got ${entry.expireAtMs}`,
+      );
+    }
+  }
+}
+
+/** Rejects with 'unavailable' after `timeoutMs`: the last line of defence against a hang. */
+function withDeadline<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(unavailable(`no answer within ${timeoutMs} ms`)), timeoutMs);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
+/** Pipeline replies: the first error wins (nothing is reported as done when part of it failed). */
+function repliesOf(replies: [Error | null, unknown][] | null, expected: number): unknown[] {
+  if (replies === null || replies.length !== expected) throw unavailable('the pipeline was aborted');
+  const values: unknown[] = new Array(expected);
+  for (let index = 0; index < expected; index++) {
+    const [error, value] = replies[index] as [Error | null, unknown];
+    if (error) throw error;
+    values[index] = value;
+  }
+  return values;
+}
+
+/** Indices of the input grouped by (master node, slot), in input order within each slot. */
+type SlotGroups = Map<string, Map<number, number[]>>;
+
+function groupBySlot(cluster: Cluster, keys: readonly string[]): SlotGroups {
+  const groups: SlotGroups = new Map();
+  for (let index = 0; index < keys.length; index++) {
+    const slot = calculateSlot(keys[index] as string);
+    const node = cluster.slots[slot]?.[0];
+    if (node === undefined) throw unavailable(`no cluster node serves slot ${slot}`);
+    let slots = groups.get(node);
+    if (slots === undefined) {
+      slots = new Map();
+      groups.set(node, slots);
+    }
+    const indices = slots.get(slot);
+    if (indices === undefined) slots.set(slot, [index]);
+    else indices.push(index);
+  }
+  return groups;
+}
+
+function addWriteCalls(
+  pipeline: ChainableCommander,
+  keys: readonly string[],
+  entries: readonly OnlineEntry[],
+  indices: readonly number[],
+): number {
+  let calls = 0;
+  for (let start = 0; start < indices.length; start += rowsPerScriptCall) {
+    const chunk = indices.slice(start, start + rowsPerScriptCall);
+    const scriptArguments: (string | Buffer)[] = new Array(chunk.length * 3);
+    for (let position = 0; position < chunk.length; position++) {
+      const index = chunk[position] as number;
+      const entry = entries[index] as OnlineEntry;
+      scriptArguments[position] = keys[index] as string;
+      scriptArguments[chunk.length + 2 * position] = asBuffer(entry.value);
+      scriptArguments[chunk.length + 2 * position + 1] = String(entry.expireAtMs);
+    }
+    pipeline.fstoreWriteOnlineRows(chunk.length, ...scriptArguments);
+    calls++;
+  }
+  return calls;
+}
+
+function sumWriteResults(results: unknown[]): OnlineWriteResult {
+  let written = 0;
+  let stale = 0;
+  for (const result of results) {
+    const [callWritten, callStale] = result as [number, number];
+    written += callWritten;
+    stale += callStale;
+  }
+  return { written, stale };
+}
+
+interface ConnectionWatch {
+  /** Resolves when the first connection attempt has ended (ready, failed or timed out). */
+  readonly firstAttempt: Promise<void>;
+  isFirstAttemptOver(): boolean;
+  lastError(): string | undefined;
+}
+
+function watchConnection(client: Client, connectTimeoutMs: number): ConnectionWatch {
+  let over = false;
+  let lastError: string | undefined;
+  let endFirstAttempt: () => void = () => {};
+  const firstAttempt = new Promise<void>((resolve) => {
+    endFirstAttempt = resolve;
+  });
+  const settle = (): void => {
+    if (over) return;
+    over = true;
+    clearTimeout(timer);
+    endFirstAttempt();
+  };
+  const timer = setTimeout(settle, connectTimeoutMs);
+  timer.unref();
+  client.on('ready', () => {
+    lastError = undefined;
+    settle();
+  });
+  // Listening to 'error' also keeps ioredis from printing every failed reconnect attempt.
+  client.on('error', (error: unknown) => {
+    lastError = error instanceof Error ? error.message : String(error);
+  });
+  client.on('close', settle);
+  client.on('end', settle);
+  return { firstAttempt, isFirstAttemptOver: () => over, lastError: () => lastError };
+}
+
+export function createRedisOnlineStore(options: RedisOnlineStoreOptions): OnlineStore {
+  const resolved = validateRedisOnlineStoreOptions(options);
+  const lua = readFileSync(new URL('./lua/write-rows.lua', import.meta.url), 'utf8');
+  const { keyPrefix, commandTimeoutMs } = resolved;
+  const client = createClient(resolved);
+  // ioredis sends EVALSHA, and EVAL once per connection when the script is not cached yet.
+  client.defineCommand(writeRowsCommand, { lua });
+  const connection = watchConnection(client, resolved.connectTimeoutMs);
+  let closed = false;
+  // A function, not an inline check: the status changes across an await, which TS cannot see.
+  const isReady = (): boolean => client.status === 'ready';
+
+  async function whenReady(): Promise<void> {
+    if (closed) throw unavailable('the store is closed');
+    if (isReady()) return;
+    if (!connection.isFirstAttemptOver()) await connection.firstAttempt;
+    if (!isReady()) throw unavailable(connection.lastError() ?? `connection is ${client.status}`);
+  }
+
+  /** Runs `operation` once Redis is ready, bounded in time, with errors translated. */
+  async function call<T>(operation: () => Promise<T>): Promise<T> {
+    try {
+      await whenReady();
+      return await withDeadline(operation(), commandTimeoutMs);
+    } catch (error) {
+      throw translateError(error);
+    }
+  }
+
+  const prefixed = (key: string): string => keyPrefix + key;
+
+  async function readSingle(redis: Redis, keys: string[]): Promise<(Uint8Array | null)[]> {
+    return redis.mgetBuffer(keys);
+  }
+
+  async function readCluster(cluster: Cluster, keys: string[]): Promise<(Uint8Array | null)[]> {
+    const results: (Uint8Array | null)[] = new Array(keys.length).fill(null);
+    const groups = groupBySlot(cluster, keys);
+    await Promise.all(
+      Array.from(groups.values(), async (slots) => {
+        const pipeline = cluster.pipeline();
+        for (const indices of slots.values())
+          pipeline.mgetBuffer(indices.map((index) => keys[index] as string));
+        const replies = repliesOf(await pipeline.exec(), slots.size);
+        let reply = 0;
+        for (const indices of slots.values()) {
+          const values = replies[reply++] as (Buffer | null)[];
+          for (let position = 0; position < indices.length; position++) {
+            results[indices[position] as number] = values[position] ?? null;
+          }
+        }
+      }),
+    );
+    return results;
+  }
+
+  async function writeSingle(redis: Redis, keys: string[], entries: readonly OnlineEntry[]) {
+    const pipeline = redis.pipeline();
+    const calls = addWriteCalls(
+      pipeline,
+      keys,
+      entries,
+      Array.from(keys, (_, index) => index),
+    );
+    return sumWriteResults(repliesOf(await pipeline.exec(), calls));
+  }
+
+  async function writeCluster(cluster: Cluster, keys: string[], entries: readonly OnlineEntry[]) {
+    const groups = groupBySlot(cluster, keys);
+    const perNode = await Promise.all(
+      Array.from(groups.values(), async (slots) => {
+        const pipeline = cluster.pipeline();
+        let calls = 0;
+        for (const indices of slots.values()) calls += addWriteCalls(pipeline, keys, entries, indices);
+        return repliesOf(await pipeline.exec(), calls);
+      }),
+    );
+    return sumWriteResults(perNode.flat());
+  }
+
+  return {
+    async readMany(keys) {
+      if (keys.length === 0) return [];
+      const fullKeys = keys.map(prefixed);
+      return call(() =>
+        client instanceof Cluster ? readCluster(client, fullKeys) : readSingle(client, fullKeys),
+      );
+    },
+
+    async writeMany(entries) {
+      validateEntries(entries);
+      if (entries.length === 0) return { written: 0, stale: 0 };
+      const fullKeys = entries.map((entry) => prefixed(entry.key));
+      return call(() =>
+        client instanceof Cluster
+          ? writeCluster(client, fullKeys, entries)
+          : writeSingle(client, fullKeys, entries),
+      );
+    },
+
+    async ping() {
+      await call(async () => {
+        if (client instanceof Cluster) {
+          const masters = client.nodes('master');
+          if (masters.length === 0) throw unavailable('no cluster master is known');
+          await Promise.all(masters.map((node) => node.ping()));
+        } else {
+          await client.ping();
+        }
+      });
+    },
+
+    async close() {
+      if (closed) return;
+      closed = true;
+      try {
+        if (client.status === 'ready') await withDeadline(client.quit(), commandTimeoutMs);
+      } catch {
+        // Closing anyway: a failed QUIT only means the server is already gone.
+      } finally {
+        client.disconnect();
+      }
+    },
+  };
+}

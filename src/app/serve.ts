@@ -1,0 +1,133 @@
+import type { Logger } from 'pino';
+import { createMemoryOnlineStore } from '../adapters/memory/memory-online-store.js';
+import { startEmbeddedPostgres } from '../adapters/postgres/embedded.js';
+import { createPostgresRegistry } from '../adapters/postgres/postgres-registry.js';
+import { createRedisOnlineStore } from '../adapters/redis/redis-online-store.js';
+import type { Config } from '../config/config.js';
+import { createFeatureServiceHandlers, FeatureService } from '../grpc/feature-service.js';
+import { createRegistryServiceHandlers, RegistryService } from '../grpc/registry-service.js';
+import { createUnaryImplementation, startGrpcServer } from '../grpc/server.js';
+import type { OnlineStore } from '../ports/online-store.js';
+import type { Registry } from '../ports/registry.js';
+import { OnlineFeatureService } from '../serving/online-features.js';
+import { RegistryCache } from '../serving/registry-cache.js';
+
+/**
+ * The composition root of `fstore serve`: the only place that picks adapters and wires them.
+ * What runs where:
+ *  - online store: Redis (FSTORE_REDIS_URL), Redis Cluster (FSTORE_REDIS_CLUSTER_NODES), or, with
+ *    neither, an in-process store (lost at exit, one process only);
+ *  - registry: PostgreSQL (FSTORE_POSTGRES_URL) or, without it, an embedded PostgreSQL server
+ *    started as a child process with its data in FSTORE_EMBEDDED_POSTGRES_DIR.
+ */
+
+export interface Serving {
+  readonly port: number;
+  readonly postgresUrl: string;
+  stop(): Promise<void>;
+}
+
+export function createOnlineStore(config: Config): { store: OnlineStore; kind: string } {
+  const common = { keyPrefix: config.redisKeyPrefix, commandTimeoutMs: config.redisCommandTimeoutMs, password: config.redisPassword };
+  if (config.redisUrl) return { store: createRedisOnlineStore({ ...common, url: config.redisUrl }), kind: 'redis' };
+  if (config.redisClusterNodes)
+    return {
+      store: createRedisOnlineStore({ ...common, clusterNodes: config.redisClusterNodes.split(',') }),
+      kind: 'redis-cluster',
+    };
+  return { store: createMemoryOnlineStore(), kind: 'memory' };
+}
+
+/** Starts the embedded PostgreSQL unless one is configured; returns the URL to use. */
+export async function resolvePostgres(
+  config: Config,
+  logger: Logger,
+): Promise<{ url: string; stop: () => Promise<void> }> {
+  if (config.postgresUrl) return { url: config.postgresUrl, stop: async () => {} };
+  logger.info({ dataDir: config.embeddedPostgresDir, port: config.embeddedPostgresPort }, 'starting embedded PostgreSQL');
+  const embedded = await startEmbeddedPostgres({ dataDir: config.embeddedPostgresDir, port: config.embeddedPostgresPort });
+  return { url: embedded.connectionString, stop: () => embedded.stop() };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms).unref());
+
+/** Creates the registry, retrying while PostgreSQL is not reachable yet (start order of a deployment). */
+async function connectRegistry(config: Config, url: string, logger: Logger, stopped: () => boolean): Promise<Registry> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await createPostgresRegistry({ connectionString: url, schema: config.postgresSchema });
+    } catch (error) {
+      if (stopped() || (error as { code?: string }).code !== 'unavailable') throw error;
+      logger.warn({ attempt, err: error }, 'registry database unavailable; retrying');
+      await sleep(Math.min(5_000, 100 * 2 ** attempt));
+    }
+  }
+}
+
+export async function startServing(config: Config, logger: Logger): Promise<Serving> {
+  const postgres = await resolvePostgres(config, logger);
+  let stopped = false;
+  const registry = await connectRegistry(config, postgres.url, logger, () => stopped);
+  const { store, kind } = createOnlineStore(config);
+  const cache = new RegistryCache(registry, logger);
+  await cache.start();
+
+  const online = new OnlineFeatureService(cache, store, {
+    maxBatchRows: config.maxBatchRows,
+    onlineExpiryGraceMs: config.onlineExpiryGraceMs,
+  });
+  const server = await startGrpcServer(
+    {
+      host: config.grpcHost,
+      port: config.grpcPort,
+      maxMessageBytes: config.maxMessageBytes,
+      shutdownGraceMs: config.shutdownGraceMs,
+      logger,
+    },
+    [
+      {
+        service: FeatureService,
+        implementation: createUnaryImplementation(FeatureService, createFeatureServiceHandlers(online), logger),
+      },
+      {
+        service: RegistryService,
+        implementation: createUnaryImplementation(
+          RegistryService,
+          createRegistryServiceHandlers(registry, () => cache.refresh()),
+          logger,
+        ),
+      },
+    ],
+  );
+
+  // Health follows the stores: NOT_SERVING while the online store does not answer.
+  let lastServing: boolean | undefined;
+  const checkHealth = async () => {
+    const serving = await store.ping().then(
+      () => cache.loaded,
+      () => false,
+    );
+    if (serving !== lastServing) {
+      logger.info({ serving, onlineStore: kind }, serving ? 'serving' : 'not serving: online store unavailable');
+      lastServing = serving;
+    }
+    server.setServing(serving);
+  };
+  await checkHealth();
+  const healthTimer = setInterval(() => void checkHealth(), config.healthCheckIntervalMs);
+  healthTimer.unref();
+
+  logger.info({ port: server.port, onlineStore: kind, registry: config.postgresUrl ? 'postgres' : 'embedded-postgres' }, 'fstore serving');
+  return {
+    port: server.port,
+    postgresUrl: postgres.url,
+    stop: async () => {
+      stopped = true;
+      clearInterval(healthTimer);
+      await server.shutdown();
+      await cache.stop();
+      await Promise.allSettled([store.close(), registry.close()]);
+      await postgres.stop();
+    },
+  };
+}

@@ -1,0 +1,110 @@
+import cluster from 'node:cluster';
+import { availableParallelism } from 'node:os';
+import { Command, Option } from 'commander';
+import { pino } from 'pino';
+import { resolvePostgres, startServing } from '../app/serve.js';
+import { type Config, type ConfigKey, configDefaults, loadConfig } from '../config/config.js';
+import { FStoreError } from '../domain/errors.js';
+
+/** `fstore` — the command-line entry. Flags override FSTORE_* environment variables. */
+
+const serveFlags: { flag: string; key: ConfigKey; description: string }[] = [
+  { flag: '--host <host>', key: 'grpcHost', description: `gRPC listen address (FSTORE_GRPC_HOST, default ${configDefaults.grpcHost})` },
+  { flag: '--port <port>', key: 'grpcPort', description: `gRPC port (FSTORE_GRPC_PORT, default ${configDefaults.grpcPort})` },
+  { flag: '--processes <n|auto>', key: 'processes', description: 'serving processes sharing the port; auto = one per core (FSTORE_PROCESSES, default 1)' },
+  { flag: '--redis-url <url>', key: 'redisUrl', description: 'online store Redis (FSTORE_REDIS_URL); none: in-process store' },
+  { flag: '--redis-cluster-nodes <list>', key: 'redisClusterNodes', description: 'Redis Cluster seed nodes host:port,... (FSTORE_REDIS_CLUSTER_NODES)' },
+  { flag: '--postgres-url <url>', key: 'postgresUrl', description: 'registry PostgreSQL (FSTORE_POSTGRES_URL); none: embedded PostgreSQL' },
+  { flag: '--max-batch-rows <n>', key: 'maxBatchRows', description: `most entity rows per request (FSTORE_MAX_BATCH_ROWS, default ${configDefaults.maxBatchRows})` },
+  { flag: '--log-level <level>', key: 'logLevel', description: `log level (FSTORE_LOG_LEVEL, default ${configDefaults.logLevel})` },
+];
+
+function fail(error: unknown): never {
+  const message = error instanceof FStoreError ? error.message : error instanceof Error ? error.message : String(error);
+  process.stderr.write(`fstore: ${message}\n`);
+  process.exit(2);
+}
+
+function processCount(config: Config): number {
+  return config.processes === 'auto' ? availableParallelism() : config.processes;
+}
+
+async function serveOneProcess(config: Config): Promise<void> {
+  const logger = pino({ level: config.logLevel, base: { pid: process.pid, role: 'serve' } });
+  const serving = await startServing(config, logger);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down: draining in-flight calls');
+    serving.stop().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        logger.error({ err: error }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+/**
+ * Several processes on one port: the primary forks workers that share the listening socket
+ * (Node's cluster module hands accepted connections round-robin), so one gRPC port uses every
+ * core. The primary owns the embedded PostgreSQL, if any, and restarts a worker that crashes.
+ */
+async function serveCluster(config: Config, count: number): Promise<void> {
+  const logger = pino({ level: config.logLevel, base: { pid: process.pid, role: 'serve-primary' } });
+  const postgres = await resolvePostgres(config, logger);
+  const workerEnvironment = { FSTORE_POSTGRES_URL: postgres.url, FSTORE_PROCESSES: '1', FSTORE_WORKER: '1' };
+  let stopping = false;
+  const fork = () => cluster.fork(workerEnvironment);
+  cluster.on('exit', (worker, code, signal) => {
+    if (stopping) {
+      if (Object.keys(cluster.workers ?? {}).length === 0)
+        postgres.stop().finally(() => process.exit(0));
+      return;
+    }
+    logger.error({ worker: worker.process.pid, code, signal }, 'serving process exited; starting another');
+    setTimeout(fork, 500);
+  });
+  for (let index = 0; index < count; index++) fork();
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal, processes: count }, 'shutting down serving processes');
+    for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill('SIGTERM');
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+export function buildProgram(): Command {
+  const program = new Command('fstore').description('FStore: a feature store for production ML').showHelpAfterError();
+  const serve = program.command('serve').description('run the gRPC FeatureService and RegistryService');
+  for (const { flag, description } of serveFlags) serve.addOption(new Option(flag, description));
+  serve.action(async (flags: Record<string, string | undefined>) => {
+    let config: Config;
+    try {
+      const overrides: Partial<Record<ConfigKey, string>> = {};
+      for (const { flag, key } of serveFlags) {
+        const value = flags[new Option(flag).attributeName()];
+        if (value !== undefined) overrides[key] = value;
+      }
+      config = loadConfig(process.env, overrides);
+    } catch (error) {
+      fail(error);
+    }
+    const count = processCount(config);
+    try {
+      if (count > 1 && cluster.isPrimary) await serveCluster(config, count);
+      else await serveOneProcess(config);
+    } catch (error) {
+      fail(error);
+    }
+  });
+  return program;
+}
+
+await buildProgram().parseAsync(process.argv);

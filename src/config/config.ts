@@ -1,0 +1,108 @@
+import { z } from 'zod';
+import { FStoreError } from '../domain/errors.js';
+
+/**
+ * The one configuration schema. Every setting has an environment variable (`FSTORE_*`) and a
+ * default here; `fstore` CLI flags override the environment. Validation fails fast with the
+ * setting's name. Only the composition root calls `loadConfig` with `process.env`.
+ */
+
+export const configDefaults = {
+  grpcHost: '0.0.0.0',
+  grpcPort: 6566,
+  processes: 1,
+  redisKeyPrefix: 'fs:',
+  redisCommandTimeoutMs: 1_000, // one second: a slower Redis is treated as down (UNAVAILABLE)
+  postgresSchema: 'fstore',
+  embeddedPostgresDir: '.fstore/postgres',
+  embeddedPostgresPort: 54329,
+  maxBatchRows: 1_000,
+  maxMessageBytes: 16 * 1024 * 1024, // 16 MiB, both directions
+  shutdownGraceMs: 10_000, // ten seconds of draining before in-flight calls are cut
+  onlineExpiryGraceMs: 3_600_000, // keys outlive their ttl by one hour, so reads say OUTSIDE_MAX_AGE before NOT_FOUND
+  healthCheckIntervalMs: 1_000, // how often store availability is probed for grpc.health.v1
+  logLevel: 'info',
+} as const;
+
+const integer = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+const optionalText = z
+  .string()
+  .trim()
+  .transform((value) => (value === '' ? undefined : value))
+  .optional();
+
+const settings = {
+  grpcHost: { env: 'FSTORE_GRPC_HOST', schema: z.string().min(1) },
+  grpcPort: { env: 'FSTORE_GRPC_PORT', schema: integer(0, 65_535) },
+  processes: {
+    env: 'FSTORE_PROCESSES',
+    schema: z.union([z.literal('auto'), integer(1, 256)]),
+  },
+  redisUrl: { env: 'FSTORE_REDIS_URL', schema: optionalText.pipe(z.url().optional()) },
+  redisClusterNodes: {
+    env: 'FSTORE_REDIS_CLUSTER_NODES',
+    schema: optionalText.pipe(
+      z
+        .string()
+        .regex(/^[^,:\s]+:\d+(,[^,:\s]+:\d+)*$/, 'expected host:port[,host:port...]')
+        .optional(),
+    ),
+  },
+  redisPassword: { env: 'FSTORE_REDIS_PASSWORD', schema: optionalText },
+  redisKeyPrefix: { env: 'FSTORE_REDIS_KEY_PREFIX', schema: z.string().max(64) },
+  redisCommandTimeoutMs: { env: 'FSTORE_REDIS_COMMAND_TIMEOUT_MS', schema: integer(1, 60_000) },
+  postgresUrl: { env: 'FSTORE_POSTGRES_URL', schema: optionalText },
+  postgresSchema: { env: 'FSTORE_POSTGRES_SCHEMA', schema: z.string().regex(/^[a-z_][a-z0-9_]*$/) },
+  embeddedPostgresDir: { env: 'FSTORE_EMBEDDED_POSTGRES_DIR', schema: z.string().min(1) },
+  embeddedPostgresPort: { env: 'FSTORE_EMBEDDED_POSTGRES_PORT', schema: integer(1, 65_535) },
+  maxBatchRows: { env: 'FSTORE_MAX_BATCH_ROWS', schema: integer(1, 100_000) },
+  maxMessageBytes: { env: 'FSTORE_MAX_MESSAGE_BYTES', schema: integer(1024, 1024 * 1024 * 1024) },
+  shutdownGraceMs: { env: 'FSTORE_SHUTDOWN_GRACE_MS', schema: integer(0, 600_000) },
+  onlineExpiryGraceMs: { env: 'FSTORE_ONLINE_EXPIRY_GRACE_MS', schema: integer(0, 365 * 24 * 3_600_000) },
+  healthCheckIntervalMs: { env: 'FSTORE_HEALTH_CHECK_INTERVAL_MS', schema: integer(100, 600_000) },
+  logLevel: {
+    env: 'FSTORE_LOG_LEVEL',
+    schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+  },
+} as const;
+
+type Settings = typeof settings;
+export type Config = { [K in keyof Settings]: z.output<Settings[K]['schema']> };
+export type ConfigKey = keyof Settings;
+
+/** The environment variable of each setting, for documentation and error messages. */
+export const configEnvironmentNames: Record<ConfigKey, string> = Object.fromEntries(
+  Object.entries(settings).map(([key, setting]) => [key, setting.env]),
+) as Record<ConfigKey, string>;
+
+/**
+ * Builds the configuration from environment variables, then `overrides` (CLI flags, already
+ * named by setting). Throws FStoreError('invalid_argument') naming the first bad setting.
+ */
+export function loadConfig(
+  environment: Readonly<Record<string, string | undefined>>,
+  overrides: Partial<Record<ConfigKey, string | number | undefined>> = {},
+): Config {
+  const config: Record<string, unknown> = {};
+  for (const [key, setting] of Object.entries(settings) as [ConfigKey, Settings[ConfigKey]][]) {
+    const raw = overrides[key] ?? environment[setting.env] ?? (configDefaults as Record<string, unknown>)[key];
+    const result = setting.schema.safeParse(raw);
+    if (!result.success) {
+      const problem = result.error.issues[0]?.message ?? 'invalid value';
+      throw new FStoreError('invalid_argument', `setting ${setting.env} (${JSON.stringify(raw)}): ${problem}`);
+    }
+    config[key] = result.data;
+  }
+  const checked = config as Config;
+  if (checked.redisUrl && checked.redisClusterNodes)
+    throw new FStoreError(
+      'invalid_argument',
+      'settings FSTORE_REDIS_URL and FSTORE_REDIS_CLUSTER_NODES are exclusive: give one or the other',
+    );
+  if (!checked.redisUrl && !checked.redisClusterNodes && checked.processes !== 1)
+    throw new FStoreError(
+      'invalid_argument',
+      'setting FSTORE_PROCESSES: several serving processes need a shared online store; set FSTORE_REDIS_URL or FSTORE_REDIS_CLUSTER_NODES (the embedded store lives inside one process)',
+    );
+  return checked;
+}

@@ -1,0 +1,194 @@
+import { FStoreError, invalidArgument } from './errors.js';
+import {
+  type EntityDefinition,
+  type FeatureSetDefinition,
+  type FeatureViewDefinition,
+  featureViewSources,
+  type JoinKey,
+  keyTypes,
+  valueTypes,
+} from './model.js';
+
+/** Limits of the registry's objects; the proto comments document the same numbers. */
+export const registryLimits = {
+  nameLength: 128,
+  joinKeysPerEntity: 8,
+  entitiesPerView: 4,
+  featuresPerView: 1000,
+  featuresPerSet: 1000,
+  maxTtlMs: 100 * 365 * 24 * 3600 * 1000, // a century: beyond it a ttl is a typo
+} as const;
+
+const namePattern = /^[A-Za-z][A-Za-z0-9_]*$/;
+
+export function validateName(field: string, name: string): void {
+  if (name.length === 0) throw invalidArgument(field, 'is required');
+  if (name.length > registryLimits.nameLength)
+    throw invalidArgument(field, `is longer than ${registryLimits.nameLength} characters`);
+  if (!namePattern.test(name))
+    throw invalidArgument(field, `"${name}" must start with a letter and hold only letters, digits and _`);
+}
+
+function assertUnique(field: string, names: readonly string[]): void {
+  const seen = new Set<string>();
+  for (const [index, name] of names.entries()) {
+    if (seen.has(name)) throw invalidArgument(`${field}[${index}]`, `duplicate name "${name}"`);
+    seen.add(name);
+  }
+}
+
+export function validateEntityDefinition(entity: EntityDefinition, field = 'entity'): void {
+  validateName(`${field}.name`, entity.name);
+  if (entity.joinKeys.length === 0) throw invalidArgument(`${field}.join_keys`, 'at least one join key is required');
+  if (entity.joinKeys.length > registryLimits.joinKeysPerEntity)
+    throw invalidArgument(`${field}.join_keys`, `at most ${registryLimits.joinKeysPerEntity} join keys`);
+  entity.joinKeys.forEach((key, index) => {
+    validateName(`${field}.join_keys[${index}].name`, key.name);
+    if (!keyTypes.includes(key.type))
+      throw invalidArgument(`${field}.join_keys[${index}].type`, 'must be VALUE_TYPE_STRING or VALUE_TYPE_INT64');
+  });
+  assertUnique(
+    `${field}.join_keys`,
+    entity.joinKeys.map((key) => key.name),
+  );
+}
+
+export function validateFeatureViewDefinition(view: FeatureViewDefinition, field = 'feature_view'): void {
+  validateName(`${field}.name`, view.name);
+  if (view.entities.length === 0) throw invalidArgument(`${field}.entities`, 'at least one entity is required');
+  if (view.entities.length > registryLimits.entitiesPerView)
+    throw invalidArgument(`${field}.entities`, `at most ${registryLimits.entitiesPerView} entities`);
+  view.entities.forEach((name, index) => validateName(`${field}.entities[${index}]`, name));
+  assertUnique(`${field}.entities`, view.entities);
+  if (view.features.length === 0) throw invalidArgument(`${field}.features`, 'at least one feature is required');
+  if (view.features.length > registryLimits.featuresPerView)
+    throw invalidArgument(`${field}.features`, `at most ${registryLimits.featuresPerView} features`);
+  view.features.forEach((feature, index) => {
+    validateName(`${field}.features[${index}].name`, feature.name);
+    if (!valueTypes.includes(feature.type))
+      throw invalidArgument(`${field}.features[${index}].type`, 'a value type is required');
+  });
+  assertUnique(
+    `${field}.features`,
+    view.features.map((feature) => feature.name),
+  );
+  if (!Number.isInteger(view.ttlMs) || view.ttlMs < 0 || view.ttlMs > registryLimits.maxTtlMs)
+    throw invalidArgument(`${field}.ttl`, `must be whole milliseconds from 0 to ${registryLimits.maxTtlMs}`);
+  if (!featureViewSources.includes(view.source)) throw invalidArgument(`${field}.source`, 'unknown source');
+}
+
+/** Join keys of a view's entities, in order; fails when two entities share a join-key name. */
+export function resolveViewJoinKeys(
+  view: FeatureViewDefinition,
+  entitiesByName: ReadonlyMap<string, EntityDefinition>,
+  field = 'feature_view',
+): JoinKey[] {
+  const joinKeys: JoinKey[] = [];
+  const seen = new Set<string>();
+  view.entities.forEach((entityName, index) => {
+    const entity = entitiesByName.get(entityName);
+    if (!entity) throw new FStoreError('not_found', `${field}.entities[${index}]: unknown entity "${entityName}"`);
+    for (const key of entity.joinKeys) {
+      if (seen.has(key.name))
+        throw invalidArgument(
+          `${field}.entities[${index}]`,
+          `join key "${key.name}" of entity "${entityName}" is also a join key of another entity of the view`,
+        );
+      seen.add(key.name);
+      joinKeys.push(key);
+    }
+  });
+  return joinKeys;
+}
+
+const sameJoinKeys = (a: readonly JoinKey[], b: readonly JoinKey[]): boolean =>
+  a.length === b.length && a.every((key, index) => key.name === b[index]?.name && key.type === b[index]?.type);
+
+function canonicalTags(tags: Readonly<Record<string, string>>): string {
+  return JSON.stringify(Object.entries(tags).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
+/** Whether applying `next` over `current` changes anything at all. */
+export function isSameFeatureView(
+  current: FeatureViewDefinition & { readonly joinKeys: readonly JoinKey[] },
+  next: FeatureViewDefinition,
+  nextJoinKeys: readonly JoinKey[],
+): boolean {
+  return (
+    current.entities.join('\u0000') === next.entities.join('\u0000') &&
+    sameJoinKeys(current.joinKeys, nextJoinKeys) &&
+    current.features.length === next.features.length &&
+    current.features.every((feature, index) => {
+      const other = next.features[index];
+      return (
+        other !== undefined &&
+        feature.name === other.name &&
+        feature.type === other.type &&
+        feature.description === other.description &&
+        canonicalTags(feature.tags) === canonicalTags(other.tags)
+      );
+    }) &&
+    current.ttlMs === next.ttlMs &&
+    current.online === next.online &&
+    current.source === next.source &&
+    current.owner === next.owner &&
+    current.description === next.description &&
+    canonicalTags(current.tags) === canonicalTags(next.tags)
+  );
+}
+
+/**
+ * The reasons `next` cannot replace `current` without breaking readers of stored values: a
+ * removed feature, a changed feature type, changed entities or join keys. Empty when compatible
+ * (added features, reordered features, ttl and metadata changes).
+ */
+export function findIncompatibleChanges(
+  current: FeatureViewDefinition & { readonly joinKeys: readonly JoinKey[] },
+  next: FeatureViewDefinition,
+  nextJoinKeys: readonly JoinKey[],
+): string[] {
+  const reasons: string[] = [];
+  if (!sameJoinKeys(current.joinKeys, nextJoinKeys))
+    reasons.push(
+      `join keys change from (${current.joinKeys.map((k) => `${k.name} ${k.type}`).join(', ')}) to (${nextJoinKeys
+        .map((k) => `${k.name} ${k.type}`)
+        .join(', ')})`,
+    );
+  const nextByName = new Map(next.features.map((feature) => [feature.name, feature]));
+  for (const feature of current.features) {
+    const replacement = nextByName.get(feature.name);
+    if (!replacement) reasons.push(`feature "${feature.name}" is removed`);
+    else if (replacement.type !== feature.type)
+      reasons.push(`feature "${feature.name}" changes type from ${feature.type} to ${replacement.type}`);
+  }
+  return reasons;
+}
+
+export function isSameEntity(current: EntityDefinition, next: EntityDefinition): boolean {
+  return current.description === next.description && sameJoinKeys(current.joinKeys, next.joinKeys);
+}
+
+export function isSameEntityKeys(current: EntityDefinition, next: EntityDefinition): boolean {
+  return sameJoinKeys(current.joinKeys, next.joinKeys);
+}
+
+export interface FeatureReference {
+  readonly view: string;
+  readonly feature: string;
+}
+
+export function parseFeatureReference(field: string, reference: string): FeatureReference {
+  const separator = reference.indexOf(':');
+  if (separator <= 0 || separator !== reference.lastIndexOf(':') || separator === reference.length - 1)
+    throw invalidArgument(field, `"${reference}" is not a "view:feature" reference`);
+  return { view: reference.slice(0, separator), feature: reference.slice(separator + 1) };
+}
+
+export function validateFeatureSetDefinition(featureSet: FeatureSetDefinition, field = 'feature_set'): void {
+  validateName(`${field}.name`, featureSet.name);
+  if (featureSet.features.length === 0) throw invalidArgument(`${field}.features`, 'at least one feature is required');
+  if (featureSet.features.length > registryLimits.featuresPerSet)
+    throw invalidArgument(`${field}.features`, `at most ${registryLimits.featuresPerSet} features`);
+  featureSet.features.forEach((reference, index) => parseFeatureReference(`${field}.features[${index}]`, reference));
+  assertUnique(`${field}.features`, featureSet.features);
+}

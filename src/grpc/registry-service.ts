@@ -1,0 +1,99 @@
+import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
+import { validateName } from '../domain/registry-rules.js';
+import type { Registry } from '../ports/registry.js';
+import {
+  applyOutcomeToProto,
+  entityFromProto,
+  entityToProto,
+  featureSetFromProto,
+  featureSetToProto,
+  featureViewFromProto,
+  featureViewToProto,
+} from './registry-mapping.js';
+import type { UnaryHandlers } from './server.js';
+
+/**
+ * RegistryService over the Registry port. `afterChange` runs once a change is committed and
+ * before the reply, so a caller that reads right after its own apply sees it on this replica.
+ */
+export function createRegistryServiceHandlers(
+  registry: Registry,
+  afterChange: () => Promise<void>,
+): UnaryHandlers<typeof RegistryService> {
+  const project = (name: string) => {
+    validateName('project', name);
+    return name;
+  };
+  const changed = async <T>(result: T & { outcome?: string }): Promise<T> => {
+    if (result.outcome !== 'unchanged') await afterChange();
+    return result;
+  };
+  return {
+    async applyEntity(request) {
+      const result = await changed(
+        await registry.applyEntity(project(request.project), entityFromProto(request.entity), { force: request.force }),
+      );
+      return { entity: entityToProto(result.entity), outcome: applyOutcomeToProto(result.outcome) };
+    },
+    async getEntity(request) {
+      return { entity: entityToProto(await registry.getEntity(project(request.project), request.name)) };
+    },
+    async listEntities(request) {
+      return { entities: (await registry.listEntities(project(request.project))).map(entityToProto) };
+    },
+    async deleteEntity(request) {
+      await registry.deleteEntity(project(request.project), request.name);
+      await afterChange();
+      return {};
+    },
+
+    async applyFeatureView(request) {
+      const result = await changed(
+        await registry.applyFeatureView(project(request.project), featureViewFromProto(request.featureView), {
+          force: request.force,
+        }),
+      );
+      return { featureView: featureViewToProto(result.featureView), outcome: applyOutcomeToProto(result.outcome) };
+    },
+    async getFeatureView(request) {
+      const view = await registry.getFeatureView(project(request.project), request.name, request.version || undefined);
+      return { featureView: featureViewToProto(view) };
+    },
+    async listFeatureViews(request) {
+      return { featureViews: (await registry.listFeatureViews(project(request.project))).map(featureViewToProto) };
+    },
+    async listFeatureViewVersions(request) {
+      const versions = await registry.listFeatureViewVersions(project(request.project), request.name);
+      return { versions: versions.map(featureViewToProto) };
+    },
+    async deleteFeatureView(request) {
+      await registry.deleteFeatureView(project(request.project), request.name);
+      await afterChange();
+      return {};
+    },
+
+    async applyFeatureSet(request) {
+      const result = await changed(
+        await registry.applyFeatureSet(project(request.project), featureSetFromProto(request.featureSet)),
+      );
+      return { featureSet: featureSetToProto(result.featureSet), outcome: applyOutcomeToProto(result.outcome) };
+    },
+    async getFeatureSet(request) {
+      return { featureSet: featureSetToProto(await registry.getFeatureSet(project(request.project), request.name)) };
+    },
+    async listFeatureSets(request) {
+      return { featureSets: (await registry.listFeatureSets(project(request.project))).map(featureSetToProto) };
+    },
+    async deleteFeatureSet(request) {
+      await registry.deleteFeatureSet(project(request.project), request.name);
+      await afterChange();
+      return {};
+    },
+
+    async listProjects() {
+      return { projects: await registry.listProjects() };
+    },
+  };
+}
+
+export { RegistryService };

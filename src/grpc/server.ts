@@ -1,0 +1,180 @@
+import { create, type DescFile, type DescService, type MessageInitShape, type MessageShape, toBinary } from '@bufbuild/protobuf';
+import { FileDescriptorProtoSchema } from '@bufbuild/protobuf/wkt';
+import {
+  type Metadata,
+  Server,
+  type ServerUnaryCall,
+  type sendUnaryData,
+  ServerCredentials,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
+import { FStoreError } from '../domain/errors.js';
+import { createGrpcServiceDefinition, type ServiceMethods } from './service-definition.js';
+import { toServiceError } from './status.js';
+
+export interface CallContext {
+  /** Aborts at the call's deadline (reason: deadline_exceeded) or when the client cancels. */
+  readonly signal: AbortSignal;
+  readonly metadata: Metadata;
+}
+
+type Schema = Parameters<typeof create>[0];
+
+/** Typed unary handlers of a generated service: request in, response init out. */
+export type UnaryHandlers<S> = {
+  [K in keyof ServiceMethods<S>]: ServiceMethods<S>[K] extends { input: infer I extends Schema; output: infer O extends Schema }
+    ? (request: MessageShape<I>, context: CallContext) => Promise<MessageInitShape<O>>
+    : never;
+};
+
+export interface ServerLogger {
+  debug(object: object, message: string): void;
+  info(object: object, message: string): void;
+  warn(object: object, message: string): void;
+  error(object: object, message: string): void;
+}
+
+function deadlineSignal<Request, Response>(call: ServerUnaryCall<Request, Response>): {
+  signal: AbortSignal;
+  release: () => void;
+} {
+  const controller = new AbortController();
+  const deadline = call.getDeadline();
+  const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+  let timer: NodeJS.Timeout | undefined;
+  if (Number.isFinite(deadlineMs)) {
+    timer = setTimeout(
+      () => controller.abort(new FStoreError('deadline_exceeded', 'the call deadline passed before the stores answered')),
+      Math.max(0, deadlineMs - Date.now()),
+    );
+  }
+  const onCancel = () => controller.abort(new FStoreError('cancelled', 'the client cancelled the call'));
+  call.once('cancelled', onCancel);
+  return {
+    signal: controller.signal,
+    release: () => {
+      if (timer) clearTimeout(timer);
+      call.removeListener('cancelled', onCancel);
+    },
+  };
+}
+
+/** grpc-js implementation of a service's unary methods: errors mapped to statuses, logged once. */
+export function createUnaryImplementation<S extends DescService>(
+  service: S,
+  handlers: UnaryHandlers<S>,
+  logger: ServerLogger,
+): UntypedServiceImplementation {
+  const implementation: UntypedServiceImplementation = {};
+  for (const method of service.methods) {
+    const handler = (handlers as Record<string, (request: unknown, context: CallContext) => Promise<object>>)[
+      method.localName
+    ];
+    if (!handler) throw new Error(`no handler for ${service.typeName}.${method.name}`);
+    implementation[method.localName] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
+      const { signal, release } = deadlineSignal(call);
+      handler(call.request, { signal, metadata: call.metadata }).then(
+        (response) => {
+          release();
+          callback(null, create(method.output, response as MessageInitShape<typeof method.output>));
+        },
+        (reason: unknown) => {
+          release();
+          if (reason instanceof FStoreError) logger.debug({ method: method.name, code: reason.code, err: reason }, 'call failed');
+          else logger.error({ method: method.name, err: reason }, 'unexpected error in handler');
+          callback(toServiceError(reason));
+        },
+      );
+    };
+  }
+  return implementation;
+}
+
+function collectFiles(file: DescFile, into: Map<string, DescFile>): void {
+  if (into.has(file.name)) return;
+  into.set(file.name, file);
+  for (const dependency of file.dependencies) collectFiles(dependency, into);
+}
+
+/** Reflection input in the shape @grpc/reflection reads: serialized FileDescriptorProtos per symbol. */
+function reflectionPackage(services: readonly DescService[]) {
+  const root: Record<string, { fileDescriptorProtos: Buffer[] }> = {};
+  for (const service of services) {
+    const files = new Map<string, DescFile>();
+    collectFiles(service.file, files);
+    root[service.typeName] = {
+      fileDescriptorProtos: [...files.values()].map((file) => Buffer.from(toBinary(FileDescriptorProtoSchema, file.proto))),
+    };
+  }
+  return root;
+}
+
+export interface GrpcServerOptions {
+  readonly host: string;
+  /** 0 picks a free port. */
+  readonly port: number;
+  readonly maxMessageBytes: number;
+  /** Draining time before in-flight calls are cut at shutdown. */
+  readonly shutdownGraceMs: number;
+  readonly logger: ServerLogger;
+}
+
+export interface RunningGrpcServer {
+  readonly port: number;
+  /** Sets the health status of every service (and of the server, service ""). */
+  setServing(serving: boolean): void;
+  /** Health NOT_SERVING, stop accepting, drain in-flight calls, then cut them after the grace time. */
+  shutdown(): Promise<void>;
+}
+
+export async function startGrpcServer(
+  options: GrpcServerOptions,
+  services: readonly { service: DescService; implementation: UntypedServiceImplementation }[],
+): Promise<RunningGrpcServer> {
+  const server = new Server({
+    'grpc.max_receive_message_length': options.maxMessageBytes,
+    'grpc.max_send_message_length': options.maxMessageBytes,
+    'grpc.keepalive_permit_without_calls': 1,
+  });
+  const healthNames = ['', ...services.map(({ service }) => service.typeName)];
+  const health = new HealthImplementation(Object.fromEntries(healthNames.map((name) => [name, 'NOT_SERVING'])));
+  health.addToServer(server);
+  new ReflectionService(
+    reflectionPackage(services.map(({ service }) => service)) as unknown as ConstructorParameters<typeof ReflectionService>[0],
+  ).addToServer(server);
+  for (const { service, implementation } of services) server.addService(createGrpcServiceDefinition(service), implementation);
+
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(`${options.host}:${options.port}`, ServerCredentials.createInsecure(), (error, boundPort) =>
+      error ? reject(new FStoreError('unavailable', `cannot listen on ${options.host}:${options.port}: ${error.message}`)) : resolve(boundPort),
+    );
+  });
+
+  const setStatus = (status: ServingStatus) => {
+    for (const name of healthNames) health.setStatus(name, status);
+  };
+  let stopping: Promise<void> | undefined;
+  return {
+    port,
+    setServing: (serving) => {
+      if (!stopping) setStatus(serving ? 'SERVING' : 'NOT_SERVING');
+    },
+    shutdown: () => {
+      stopping ??= new Promise<void>((resolve) => {
+        setStatus('NOT_SERVING');
+        const force = setTimeout(() => {
+          options.logger.warn({ graceMs: options.shutdownGraceMs }, 'drain time over; cutting in-flight calls');
+          server.forceShutdown();
+          resolve();
+        }, options.shutdownGraceMs);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+      return stopping;
+    },
+  };
+}

@@ -1,0 +1,41 @@
+import type { DescMessage, DescMethod, DescService, MessageShape } from '@bufbuild/protobuf';
+import { fromBinary, toBinary } from '@bufbuild/protobuf';
+import type { GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
+import type { MethodDefinition, ServiceDefinition } from '@grpc/grpc-js';
+
+/**
+ * Turns a protobuf-es service descriptor into a grpc-js service definition: grpc-js moves the
+ * bytes, protobuf-es (de)serializes them. One definition serves both the server and the typed
+ * client, so they cannot disagree on paths or streaming kinds.
+ */
+
+export function grpcMethodPath(method: DescMethod): string {
+  return `/${method.parent.typeName}/${method.name}`;
+}
+
+function createMethodDefinition<I extends DescMessage, O extends DescMessage>(
+  method: DescMethod & { input: I; output: O },
+): MethodDefinition<MessageShape<I>, MessageShape<O>> {
+  return {
+    path: grpcMethodPath(method),
+    originalName: method.localName,
+    requestStream: method.methodKind === 'client_streaming' || method.methodKind === 'bidi_streaming',
+    responseStream: method.methodKind === 'server_streaming' || method.methodKind === 'bidi_streaming',
+    requestSerialize: (message) => Buffer.from(toBinary(method.input, message)),
+    requestDeserialize: (bytes) => fromBinary(method.input, bytes),
+    responseSerialize: (message) => Buffer.from(toBinary(method.output, message)),
+    responseDeserialize: (bytes) => fromBinary(method.output, bytes),
+  };
+}
+
+/** The grpc-js definition of a service, keyed by the methods' local (camelCase) names. */
+export function createGrpcServiceDefinition(service: DescService): ServiceDefinition {
+  const definition: Record<string, MethodDefinition<object, object>> = {};
+  for (const method of service.methods) {
+    definition[method.localName] = createMethodDefinition(method) as MethodDefinition<object, object>;
+  }
+  return definition as ServiceDefinition;
+}
+
+/** The methods of a generated service, with their input and output schemas. */
+export type ServiceMethods<S> = S extends { method: infer M extends GenServiceMethods } ? M : never;

@@ -1,0 +1,284 @@
+import { type Column, columnToFeatureValues, columnToKeyValues, zeroValue } from '../domain/columns.js';
+import { FStoreError, invalidArgument } from '../domain/errors.js';
+import { computeFeatureStatus, type FeatureStatus, onlineExpiryMs } from '../domain/feature-status.js';
+import type { FeatureValue, KeyValue, ValueType } from '../domain/model.js';
+import { type DecodedOnlineRow, decodeOnlineRow, decodeStoredValue, encodeOnlineKey, encodeOnlineRow } from '../domain/online-codec.js';
+import { parseFeatureReference } from '../domain/registry-rules.js';
+import type { OnlineEntry, OnlineStore } from '../ports/online-store.js';
+import type { RegistryCache, ServedProject, ServedView } from './registry-cache.js';
+
+export interface OnlineServingOptions {
+  /** Most entity rows in one read or write (RESOURCE_EXHAUSTED above). */
+  readonly maxBatchRows: number;
+  /** How long an online key outlives its ttl (see `onlineExpiryMs`). */
+  readonly onlineExpiryGraceMs: number;
+  /** Clock in microseconds since the epoch; tests pin it. */
+  readonly nowMicros?: () => number;
+}
+
+export const maxFeaturesPerRequest = 1_000;
+
+export interface OnlineReadRequest {
+  readonly project: string;
+  readonly features: readonly string[];
+  readonly featureSet: string;
+  /** Join key name → column of key values. */
+  readonly entities: ReadonlyMap<string, Column>;
+}
+
+export interface OnlineFeatureColumn {
+  readonly reference: string;
+  readonly type: ValueType;
+  /** The type's zero value where the status is not 'present'. */
+  readonly values: FeatureValue[];
+  readonly statuses: FeatureStatus[];
+  /** Microseconds since the epoch; 0 where not found. */
+  readonly eventTimes: number[];
+}
+
+export interface OnlineReadResult {
+  readonly columns: OnlineFeatureColumn[];
+  readonly requestTimeMicros: number;
+}
+
+export interface OnlineWriteRequest {
+  readonly project: string;
+  readonly featureView: string;
+  readonly entities: ReadonlyMap<string, Column>;
+  readonly features: readonly { readonly name: string; readonly values: Column; readonly nullRows: readonly number[] }[];
+  readonly eventTimes: readonly bigint[];
+}
+
+interface ViewLookup {
+  readonly view: ServedView;
+  readonly features: { readonly reference: string; readonly name: string; readonly output: number }[];
+  /** Per request row: index into the unique keys of the whole request. */
+  rowKeys: Int32Array;
+}
+
+/** Rejects with the signal's reason as soon as it aborts (deadline, cancellation). */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
+/**
+ * Online reads and writes (DESIGN §4): resolves references against the cached registry,
+ * validates the request whole, then makes exactly one call to the online store.
+ */
+export class OnlineFeatureService {
+  readonly #nowMicros: () => number;
+
+  constructor(
+    private readonly registry: RegistryCache,
+    private readonly store: OnlineStore,
+    private readonly options: OnlineServingOptions,
+  ) {
+    this.#nowMicros = options.nowMicros ?? (() => Date.now() * 1000);
+  }
+
+  async read(request: OnlineReadRequest, signal?: AbortSignal): Promise<OnlineReadResult> {
+    const project = this.registry.project(request.project);
+    const references = this.#requestedReferences(project, request);
+    const rowCount = this.#rowCount(request.entities);
+
+    const lookups = new Map<string, ViewLookup>();
+    references.forEach((reference, output) => {
+      const field = request.featureSet ? `feature_set "${request.featureSet}" features[${output}]` : `features[${output}]`;
+      const parsed = parseFeatureReference(field, reference);
+      let lookup = lookups.get(parsed.view);
+      if (!lookup) {
+        const view = project.views.get(parsed.view);
+        if (!view) throw new FStoreError('not_found', `${field}: project "${request.project}" has no feature view "${parsed.view}"`);
+        if (!view.current.online)
+          throw new FStoreError('failed_precondition', `${field}: feature view "${parsed.view}" is not served online`);
+        lookup = { view, features: [], rowKeys: new Int32Array(0) };
+        lookups.set(parsed.view, lookup);
+      }
+      if (!lookup.view.featureIndexes.get(lookup.view.current.version)?.has(parsed.feature))
+        throw new FStoreError('not_found', `${field}: feature view "${parsed.view}" has no feature "${parsed.feature}"`);
+      lookup.features.push({ reference, name: parsed.feature, output });
+    });
+
+    // Every view's keys go into one list, duplicates removed, for a single store call.
+    const keys: string[] = [];
+    const keyIndex = new Map<string, number>();
+    for (const lookup of lookups.values()) {
+      const { current } = lookup.view;
+      const keyColumns = current.joinKeys.map((joinKey) => {
+        const column = request.entities.get(joinKey.name);
+        if (!column)
+          throw invalidArgument('entities', `missing join key "${joinKey.name}" of feature view "${current.name}"`);
+        return columnToKeyValues(`entities["${joinKey.name}"]`, joinKey.type, column);
+      });
+      lookup.rowKeys = new Int32Array(rowCount);
+      const parts: KeyValue[] = new Array(keyColumns.length);
+      for (let row = 0; row < rowCount; row++) {
+        for (let part = 0; part < keyColumns.length; part++) parts[part] = (keyColumns[part] as readonly KeyValue[])[row] as KeyValue;
+        const key = encodeOnlineKey(current.id, parts);
+        let index = keyIndex.get(key);
+        if (index === undefined) {
+          index = keys.length;
+          keys.push(key);
+          keyIndex.set(key, index);
+        }
+        lookup.rowKeys[row] = index;
+      }
+    }
+
+    const stored = await untilAborted(this.store.readMany(keys), signal);
+    const decoded: (DecodedOnlineRow | null)[] = stored.map((bytes) => (bytes ? decodeOnlineRow(bytes) : null));
+    const requestTimeMicros = this.#nowMicros();
+
+    const columns = new Array<OnlineFeatureColumn>(references.length);
+    for (const lookup of lookups.values()) {
+      const { view } = lookup;
+      const ttlMs = view.current.ttlMs;
+      for (const feature of lookup.features) {
+        const type = view.current.features[view.featureIndexes.get(view.current.version)?.get(feature.name) as number]
+          ?.type as ValueType;
+        const zero = zeroValue(type);
+        const values = new Array<FeatureValue>(rowCount);
+        const statuses = new Array<FeatureStatus>(rowCount);
+        const eventTimes = new Array<number>(rowCount);
+        for (let row = 0; row < rowCount; row++) {
+          const entry = decoded[lookup.rowKeys[row] as number] ?? null;
+          let value: FeatureValue = null;
+          if (entry) {
+            const index = view.featureIndexes.get(entry.version)?.get(feature.name);
+            // A row written by a version that lacked the feature, or typed it differently (a forced
+            // change), holds no usable value for it.
+            if (index !== undefined && view.versions.get(entry.version)?.features[index]?.type === type)
+              value = decodeStoredValue(type, entry, index);
+          }
+          const status = computeFeatureStatus(entry ? entry.eventTimeMicros : null, value === null, ttlMs, requestTimeMicros);
+          statuses[row] = status;
+          values[row] = status === 'present' ? value : zero;
+          eventTimes[row] = entry ? entry.eventTimeMicros : 0;
+        }
+        columns[feature.output] = { reference: feature.reference, type, values, statuses, eventTimes };
+      }
+    }
+    return { columns, requestTimeMicros };
+  }
+
+  async write(request: OnlineWriteRequest, signal?: AbortSignal): Promise<{ written: number; stale: number }> {
+    const project = this.registry.project(request.project);
+    const view = project.views.get(request.featureView);
+    if (!view)
+      throw new FStoreError('not_found', `feature_view: project "${request.project}" has no feature view "${request.featureView}"`);
+    const { current } = view;
+    if (!current.online)
+      throw new FStoreError('failed_precondition', `feature_view: feature view "${current.name}" is not served online`);
+    const rowCount = this.#rowCount(request.entities);
+    if (request.eventTimes.length !== rowCount)
+      throw invalidArgument(
+        'event_timestamps',
+        `has ${request.eventTimes.length} values, expected ${rowCount} (one event time per row is required)`,
+      );
+    const eventTimes = request.eventTimes.map((micros, row) => {
+      if (micros <= 0n || micros > BigInt(Number.MAX_SAFE_INTEGER))
+        throw invalidArgument(`event_timestamps[${row}]`, 'must be a positive time in microseconds since the epoch');
+      return Number(micros);
+    });
+
+    const keyColumns = current.joinKeys.map((joinKey) => {
+      const column = request.entities.get(joinKey.name);
+      if (!column) throw invalidArgument('entities', `missing join key "${joinKey.name}" of feature view "${current.name}"`);
+      return columnToKeyValues(`entities["${joinKey.name}"]`, joinKey.type, column);
+    });
+
+    const indexes = view.featureIndexes.get(current.version) as ReadonlyMap<string, number>;
+    const columns = new Array<FeatureValue[] | undefined>(current.features.length);
+    request.features.forEach((feature, position) => {
+      const index = indexes.get(feature.name);
+      if (index === undefined)
+        throw new FStoreError('not_found', `features[${position}].name: feature view "${current.name}" has no feature "${feature.name}"`);
+      if (columns[index]) throw invalidArgument(`features[${position}].name`, `feature "${feature.name}" is given twice`);
+      columns[index] = columnToFeatureValues(
+        `features[${position}].values`,
+        (current.features[index] as { type: ValueType }).type,
+        feature.values,
+        rowCount,
+        feature.nullRows,
+      );
+    });
+    current.features.forEach((feature, index) => {
+      if (!columns[index]) throw invalidArgument('features', `missing feature "${feature.name}" of feature view "${current.name}"`);
+    });
+
+    const entries: OnlineEntry[] = new Array(rowCount);
+    const parts: KeyValue[] = new Array(keyColumns.length);
+    const rowValues: FeatureValue[] = new Array(current.features.length);
+    for (let row = 0; row < rowCount; row++) {
+      for (let part = 0; part < keyColumns.length; part++) parts[part] = (keyColumns[part] as readonly KeyValue[])[row] as KeyValue;
+      for (let index = 0; index < columns.length; index++) rowValues[index] = (columns[index] as FeatureValue[])[row] as FeatureValue;
+      const eventTime = eventTimes[row] as number;
+      entries[row] = {
+        key: encodeOnlineKey(current.id, parts),
+        value: encodeOnlineRow(current.version, eventTime, current.features, rowValues),
+        expireAtMs: onlineExpiryMs(eventTime, current.ttlMs, this.options.onlineExpiryGraceMs),
+      };
+    }
+    return untilAborted(this.store.writeMany(entries), signal);
+  }
+
+  #requestedReferences(project: ServedProject, request: OnlineReadRequest): readonly string[] {
+    if (request.featureSet && request.features.length > 0)
+      throw invalidArgument('features', 'give either features or feature_set, not both');
+    if (request.featureSet) {
+      const featureSet = project.featureSets.get(request.featureSet);
+      if (!featureSet)
+        throw new FStoreError('not_found', `feature_set: project "${request.project}" has no feature set "${request.featureSet}"`);
+      return featureSet.features;
+    }
+    if (request.features.length === 0) throw invalidArgument('features', 'name at least one feature, or a feature_set');
+    if (request.features.length > maxFeaturesPerRequest)
+      throw new FStoreError(
+        'resource_exhausted',
+        `features: ${request.features.length} references, at most ${maxFeaturesPerRequest} per request`,
+      );
+    const seen = new Set<string>();
+    request.features.forEach((reference, index) => {
+      if (seen.has(reference)) throw invalidArgument(`features[${index}]`, `"${reference}" is requested twice`);
+      seen.add(reference);
+    });
+    return request.features;
+  }
+
+  #rowCount(entities: ReadonlyMap<string, Column>): number {
+    let rowCount = -1;
+    let first = '';
+    for (const [name, column] of entities) {
+      if (rowCount === -1) {
+        rowCount = column.values.length;
+        first = name;
+      } else if (column.values.length !== rowCount)
+        throw invalidArgument(
+          `entities["${name}"]`,
+          `has ${column.values.length} rows but entities["${first}"] has ${rowCount}: every key vector needs one value per row`,
+        );
+    }
+    if (rowCount <= 0) throw invalidArgument('entities', 'at least one entity row is required');
+    if (rowCount > this.options.maxBatchRows)
+      throw new FStoreError(
+        'resource_exhausted',
+        `entities: ${rowCount} rows, more than the server's maximum batch of ${this.options.maxBatchRows} (FSTORE_MAX_BATCH_ROWS)`,
+      );
+    return rowCount;
+  }
+}
