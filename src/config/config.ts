@@ -85,11 +85,15 @@ export function loadConfig(
 ): Config {
   const config: Record<string, unknown> = {};
   for (const [key, setting] of Object.entries(settings) as [ConfigKey, Settings[ConfigKey]][]) {
-    const raw = overrides[key] ?? environment[setting.env] ?? (configDefaults as Record<string, unknown>)[key];
+    const raw =
+      overrides[key] ?? environment[setting.env] ?? (configDefaults as Record<string, unknown>)[key];
     const result = setting.schema.safeParse(raw);
     if (!result.success) {
       const problem = result.error.issues[0]?.message ?? 'invalid value';
-      throw new FStoreError('invalid_argument', `setting ${setting.env} (${JSON.stringify(raw)}): ${problem}`);
+      throw new FStoreError(
+        'invalid_argument',
+        `setting ${setting.env} (${JSON.stringify(raw)}): ${problem}`,
+      );
     }
     config[key] = result.data;
   }

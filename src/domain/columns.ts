@@ -5,7 +5,16 @@ import type { FeatureValue, KeyType, KeyValue, ScalarValue, ValueType } from './
  * A column as it arrives from a client, before it is checked against a schema: which typed array
  * carried it and its values. List columns carry one column per row.
  */
-export type ColumnKind = 'int64' | 'double' | 'float' | 'string' | 'bool' | 'bytes' | 'timestamp' | 'list' | 'none';
+export type ColumnKind =
+  | 'int64'
+  | 'double'
+  | 'float'
+  | 'string'
+  | 'bool'
+  | 'bytes'
+  | 'timestamp'
+  | 'list'
+  | 'none';
 
 export type Column =
   | { readonly kind: 'int64' | 'timestamp'; readonly values: readonly bigint[] }
@@ -51,7 +60,10 @@ const microsMax = BigInt(Number.MAX_SAFE_INTEGER);
 
 function scalarValues(field: string, type: ValueType, column: Column): readonly ScalarValue[] {
   if (column.kind !== columnKindOf(type))
-    throw invalidArgument(field, `expected ${kindLabel(columnKindOf(type))} for type ${type}, got ${kindLabel(column.kind)}`);
+    throw invalidArgument(
+      field,
+      `expected ${kindLabel(columnKindOf(type))} for type ${type}, got ${kindLabel(column.kind)}`,
+    );
   if (type === 'timestamp') {
     return (column.values as readonly bigint[]).map((micros, row) => {
       if (micros > microsMax || micros < -microsMax)
@@ -103,6 +115,10 @@ export function columnToFeatureValues(
 
 /** Checks a join-key column's kind and returns its values. */
 export function columnToKeyValues(field: string, type: KeyType, column: Column): readonly KeyValue[] {
-  if (column.kind !== type) throw invalidArgument(field, `expected ${type}_values for a ${type} join key, got ${kindLabel(column.kind)}`);
+  if (column.kind !== type)
+    throw invalidArgument(
+      field,
+      `expected ${type}_values for a ${type} join key, got ${kindLabel(column.kind)}`,
+    );
   return column.values as readonly KeyValue[];
 }

@@ -41,7 +41,9 @@ function toStoredValue(type: ValueType, value: FeatureValue): unknown {
     case 'int64': {
       const big = value as bigint;
       // msgpack packs small integers in 1 to 5 bytes when they are numbers.
-      return big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
+      return big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER)
+        ? Number(big)
+        : big;
     }
     case 'int64_list':
       return (value as readonly bigint[]).map((item) => toStoredValue('int64', item));
@@ -92,7 +94,10 @@ export function encodeOnlineRow(
   const stored: unknown[] = new Array(values.length + 1);
   stored[0] = version;
   for (let index = 0; index < values.length; index++) {
-    stored[index + 1] = toStoredValue((features[index] as FeatureDefinition).type, values[index] as FeatureValue);
+    stored[index + 1] = toStoredValue(
+      (features[index] as FeatureDefinition).type,
+      values[index] as FeatureValue,
+    );
   }
   const body = packr.pack(stored);
   const row = Buffer.allocUnsafe(eventTimeBytes + body.length);

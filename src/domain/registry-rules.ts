@@ -39,13 +39,17 @@ function assertUnique(field: string, names: readonly string[]): void {
 
 export function validateEntityDefinition(entity: EntityDefinition, field = 'entity'): void {
   validateName(`${field}.name`, entity.name);
-  if (entity.joinKeys.length === 0) throw invalidArgument(`${field}.join_keys`, 'at least one join key is required');
+  if (entity.joinKeys.length === 0)
+    throw invalidArgument(`${field}.join_keys`, 'at least one join key is required');
   if (entity.joinKeys.length > registryLimits.joinKeysPerEntity)
     throw invalidArgument(`${field}.join_keys`, `at most ${registryLimits.joinKeysPerEntity} join keys`);
   entity.joinKeys.forEach((key, index) => {
     validateName(`${field}.join_keys[${index}].name`, key.name);
     if (!keyTypes.includes(key.type))
-      throw invalidArgument(`${field}.join_keys[${index}].type`, 'must be VALUE_TYPE_STRING or VALUE_TYPE_INT64');
+      throw invalidArgument(
+        `${field}.join_keys[${index}].type`,
+        'must be VALUE_TYPE_STRING or VALUE_TYPE_INT64',
+      );
   });
   assertUnique(
     `${field}.join_keys`,
@@ -55,12 +59,14 @@ export function validateEntityDefinition(entity: EntityDefinition, field = 'enti
 
 export function validateFeatureViewDefinition(view: FeatureViewDefinition, field = 'feature_view'): void {
   validateName(`${field}.name`, view.name);
-  if (view.entities.length === 0) throw invalidArgument(`${field}.entities`, 'at least one entity is required');
+  if (view.entities.length === 0)
+    throw invalidArgument(`${field}.entities`, 'at least one entity is required');
   if (view.entities.length > registryLimits.entitiesPerView)
     throw invalidArgument(`${field}.entities`, `at most ${registryLimits.entitiesPerView} entities`);
-  view.entities.forEach((name, index) => validateName(`${field}.entities[${index}]`, name));
+  for (const [index, name] of view.entities.entries()) validateName(`${field}.entities[${index}]`, name);
   assertUnique(`${field}.entities`, view.entities);
-  if (view.features.length === 0) throw invalidArgument(`${field}.features`, 'at least one feature is required');
+  if (view.features.length === 0)
+    throw invalidArgument(`${field}.features`, 'at least one feature is required');
   if (view.features.length > registryLimits.featuresPerView)
     throw invalidArgument(`${field}.features`, `at most ${registryLimits.featuresPerView} features`);
   view.features.forEach((feature, index) => {
@@ -87,7 +93,8 @@ export function resolveViewJoinKeys(
   const seen = new Set<string>();
   view.entities.forEach((entityName, index) => {
     const entity = entitiesByName.get(entityName);
-    if (!entity) throw new FStoreError('not_found', `${field}.entities[${index}]: unknown entity "${entityName}"`);
+    if (!entity)
+      throw new FStoreError('not_found', `${field}.entities[${index}]: unknown entity "${entityName}"`);
     for (const key of entity.joinKeys) {
       if (seen.has(key.name))
         throw invalidArgument(
@@ -102,7 +109,8 @@ export function resolveViewJoinKeys(
 }
 
 const sameJoinKeys = (a: readonly JoinKey[], b: readonly JoinKey[]): boolean =>
-  a.length === b.length && a.every((key, index) => key.name === b[index]?.name && key.type === b[index]?.type);
+  a.length === b.length &&
+  a.every((key, index) => key.name === b[index]?.name && key.type === b[index]?.type);
 
 function canonicalTags(tags: Readonly<Record<string, string>>): string {
   return JSON.stringify(Object.entries(tags).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
@@ -186,9 +194,11 @@ export function parseFeatureReference(field: string, reference: string): Feature
 
 export function validateFeatureSetDefinition(featureSet: FeatureSetDefinition, field = 'feature_set'): void {
   validateName(`${field}.name`, featureSet.name);
-  if (featureSet.features.length === 0) throw invalidArgument(`${field}.features`, 'at least one feature is required');
+  if (featureSet.features.length === 0)
+    throw invalidArgument(`${field}.features`, 'at least one feature is required');
   if (featureSet.features.length > registryLimits.featuresPerSet)
     throw invalidArgument(`${field}.features`, `at most ${registryLimits.featuresPerSet} features`);
-  featureSet.features.forEach((reference, index) => parseFeatureReference(`${field}.features[${index}]`, reference));
+  for (const [index, reference] of featureSet.features.entries())
+    parseFeatureReference(`${field}.features[${index}]`, reference);
   assertUnique(`${field}.features`, featureSet.features);
 }

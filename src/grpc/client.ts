@@ -24,7 +24,10 @@ export interface CallOptions {
  * as the server. Failures reject with an FStoreError whose code is the gRPC status by name.
  */
 export type UnaryClient<S> = {
-  [K in keyof ServiceMethods<S>]: ServiceMethods<S>[K] extends { input: infer I extends Schema; output: infer O extends Schema }
+  [K in keyof ServiceMethods<S>]: ServiceMethods<S>[K] extends {
+    input: infer I extends Schema;
+    output: infer O extends Schema;
+  }
     ? (request: MessageInitShape<I>, options?: CallOptions) => Promise<MessageShape<O>>
     : never;
 } & { close(): void };
@@ -57,7 +60,8 @@ export function createUnaryClient<S extends DescService>(
           create(method.input, request),
           callOptions.metadata ?? new Metadata(),
           callOptions.timeoutMs === undefined ? {} : { deadline: Date.now() + callOptions.timeoutMs },
-          (error: ServiceError | null, response?: unknown) => (error ? reject(fromServiceError(error)) : resolve(response)),
+          (error: ServiceError | null, response?: unknown) =>
+            error ? reject(fromServiceError(error)) : resolve(response),
         );
       });
   }

@@ -1,11 +1,13 @@
 import type { MessageInitShape } from '@bufbuild/protobuf';
-import { FeatureService, type FeatureColumnSchema } from '../../gen/fstore/v1/feature_service_pb.js';
+import { type FeatureColumnSchema, FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import type { OnlineFeatureService } from '../serving/online-features.js';
 import type { UnaryHandlers } from './server.js';
 import { columnFromVector, columnsFromVectorMap, featureStatusToProto, vectorFromValues } from './vectors.js';
 
 /** FeatureService over the online serving core: protobuf in, domain call, protobuf out. */
-export function createFeatureServiceHandlers(online: OnlineFeatureService): UnaryHandlers<typeof FeatureService> {
+export function createFeatureServiceHandlers(
+  online: OnlineFeatureService,
+): UnaryHandlers<typeof FeatureService> {
   return {
     async getOnlineFeatures(request, { signal }) {
       const result = await online.read(

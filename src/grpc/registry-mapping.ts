@@ -1,14 +1,14 @@
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { type Duration, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import {
-  ApplyOutcome as ProtoApplyOutcome,
-  FeatureViewSource as ProtoSource,
-  type Entity as ProtoEntity,
   type EntitySchema,
-  type FeatureSet as ProtoFeatureSet,
   type FeatureSetSchema,
-  type FeatureView as ProtoFeatureView,
   type FeatureViewSchema,
+  ApplyOutcome as ProtoApplyOutcome,
+  type Entity as ProtoEntity,
+  type FeatureSet as ProtoFeatureSet,
+  type FeatureView as ProtoFeatureView,
+  FeatureViewSource as ProtoSource,
 } from '../../gen/fstore/v1/registry_pb.js';
 import { ValueType as ProtoValueType } from '../../gen/fstore/v1/values_pb.js';
 import { invalidArgument } from '../domain/errors.js';
@@ -36,7 +36,11 @@ export function entityFromProto(entity: ProtoEntity | undefined, field = 'entity
       let type: KeyType;
       if (key.type === ProtoValueType.STRING) type = 'string';
       else if (key.type === ProtoValueType.INT64) type = 'int64';
-      else throw invalidArgument(`${field}.join_keys[${index}].type`, 'must be VALUE_TYPE_STRING or VALUE_TYPE_INT64');
+      else
+        throw invalidArgument(
+          `${field}.join_keys[${index}].type`,
+          'must be VALUE_TYPE_STRING or VALUE_TYPE_INT64',
+        );
       return { name: key.name, type };
     }),
   };
@@ -75,7 +79,10 @@ const sourceToProto: Record<FeatureViewSource, ProtoSource> = {
   stream: ProtoSource.STREAM,
 };
 
-export function featureViewFromProto(view: ProtoFeatureView | undefined, field = 'feature_view'): FeatureViewDefinition {
+export function featureViewFromProto(
+  view: ProtoFeatureView | undefined,
+  field = 'feature_view',
+): FeatureViewDefinition {
   if (!view) throw invalidArgument(field, 'is required');
   const source = sourceFromProto[view.source];
   if (!source) throw invalidArgument(`${field}.source`, `unknown source ${view.source}`);
@@ -117,7 +124,10 @@ export function featureViewToProto(view: FeatureView): MessageInitShape<typeof F
   };
 }
 
-export function featureSetFromProto(featureSet: ProtoFeatureSet | undefined, field = 'feature_set'): FeatureSetDefinition {
+export function featureSetFromProto(
+  featureSet: ProtoFeatureSet | undefined,
+  field = 'feature_set',
+): FeatureSetDefinition {
   if (!featureSet) throw invalidArgument(field, 'is required');
   return { name: featureSet.name, features: [...featureSet.features], description: featureSet.description };
 }

@@ -31,7 +31,9 @@ export function createRegistryServiceHandlers(
   return {
     async applyEntity(request) {
       const result = await changed(
-        await registry.applyEntity(project(request.project), entityFromProto(request.entity), { force: request.force }),
+        await registry.applyEntity(project(request.project), entityFromProto(request.entity), {
+          force: request.force,
+        }),
       );
       return { entity: entityToProto(result.entity), outcome: applyOutcomeToProto(result.outcome) };
     },
@@ -53,14 +55,23 @@ export function createRegistryServiceHandlers(
           force: request.force,
         }),
       );
-      return { featureView: featureViewToProto(result.featureView), outcome: applyOutcomeToProto(result.outcome) };
+      return {
+        featureView: featureViewToProto(result.featureView),
+        outcome: applyOutcomeToProto(result.outcome),
+      };
     },
     async getFeatureView(request) {
-      const view = await registry.getFeatureView(project(request.project), request.name, request.version || undefined);
+      const view = await registry.getFeatureView(
+        project(request.project),
+        request.name,
+        request.version || undefined,
+      );
       return { featureView: featureViewToProto(view) };
     },
     async listFeatureViews(request) {
-      return { featureViews: (await registry.listFeatureViews(project(request.project))).map(featureViewToProto) };
+      return {
+        featureViews: (await registry.listFeatureViews(project(request.project))).map(featureViewToProto),
+      };
     },
     async listFeatureViewVersions(request) {
       const versions = await registry.listFeatureViewVersions(project(request.project), request.name);
@@ -76,13 +87,20 @@ export function createRegistryServiceHandlers(
       const result = await changed(
         await registry.applyFeatureSet(project(request.project), featureSetFromProto(request.featureSet)),
       );
-      return { featureSet: featureSetToProto(result.featureSet), outcome: applyOutcomeToProto(result.outcome) };
+      return {
+        featureSet: featureSetToProto(result.featureSet),
+        outcome: applyOutcomeToProto(result.outcome),
+      };
     },
     async getFeatureSet(request) {
-      return { featureSet: featureSetToProto(await registry.getFeatureSet(project(request.project), request.name)) };
+      return {
+        featureSet: featureSetToProto(await registry.getFeatureSet(project(request.project), request.name)),
+      };
     },
     async listFeatureSets(request) {
-      return { featureSets: (await registry.listFeatureSets(project(request.project))).map(featureSetToProto) };
+      return {
+        featureSets: (await registry.listFeatureSets(project(request.project))).map(featureSetToProto),
+      };
     },
     async deleteFeatureSet(request) {
       await registry.deleteFeatureSet(project(request.project), request.name);

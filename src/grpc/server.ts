@@ -1,11 +1,18 @@
-import { create, type DescFile, type DescService, type MessageInitShape, type MessageShape, toBinary } from '@bufbuild/protobuf';
+import {
+  create,
+  type DescFile,
+  type DescService,
+  type MessageInitShape,
+  type MessageShape,
+  toBinary,
+} from '@bufbuild/protobuf';
 import { FileDescriptorProtoSchema } from '@bufbuild/protobuf/wkt';
 import {
   type Metadata,
   Server,
+  ServerCredentials,
   type ServerUnaryCall,
   type sendUnaryData,
-  ServerCredentials,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
@@ -24,7 +31,10 @@ type Schema = Parameters<typeof create>[0];
 
 /** Typed unary handlers of a generated service: request in, response init out. */
 export type UnaryHandlers<S> = {
-  [K in keyof ServiceMethods<S>]: ServiceMethods<S>[K] extends { input: infer I extends Schema; output: infer O extends Schema }
+  [K in keyof ServiceMethods<S>]: ServiceMethods<S>[K] extends {
+    input: infer I extends Schema;
+    output: infer O extends Schema;
+  }
     ? (request: MessageShape<I>, context: CallContext) => Promise<MessageInitShape<O>>
     : never;
 };
@@ -36,7 +46,9 @@ export interface ServerLogger {
   error(object: object, message: string): void;
 }
 
-function deadlineSignal<Request, Response>(call: ServerUnaryCall<Request, Response>): {
+function deadlineSignal<Request, Response>(
+  call: ServerUnaryCall<Request, Response>,
+): {
   signal: AbortSignal;
   release: () => void;
 } {
@@ -46,7 +58,10 @@ function deadlineSignal<Request, Response>(call: ServerUnaryCall<Request, Respon
   let timer: NodeJS.Timeout | undefined;
   if (Number.isFinite(deadlineMs)) {
     timer = setTimeout(
-      () => controller.abort(new FStoreError('deadline_exceeded', 'the call deadline passed before the stores answered')),
+      () =>
+        controller.abort(
+          new FStoreError('deadline_exceeded', 'the call deadline passed before the stores answered'),
+        ),
       Math.max(0, deadlineMs - Date.now()),
     );
   }
@@ -73,7 +88,10 @@ export function createUnaryImplementation<S extends DescService>(
       method.localName
     ];
     if (!handler) throw new Error(`no handler for ${service.typeName}.${method.name}`);
-    implementation[method.localName] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
+    implementation[method.localName] = (
+      call: ServerUnaryCall<unknown, unknown>,
+      callback: sendUnaryData<unknown>,
+    ) => {
       const { signal, release } = deadlineSignal(call);
       handler(call.request, { signal, metadata: call.metadata }).then(
         (response) => {
@@ -82,7 +100,8 @@ export function createUnaryImplementation<S extends DescService>(
         },
         (reason: unknown) => {
           release();
-          if (reason instanceof FStoreError) logger.debug({ method: method.name, code: reason.code, err: reason }, 'call failed');
+          if (reason instanceof FStoreError)
+            logger.debug({ method: method.name, code: reason.code, err: reason }, 'call failed');
           else logger.error({ method: method.name, err: reason }, 'unexpected error in handler');
           callback(toServiceError(reason));
         },
@@ -105,7 +124,9 @@ function reflectionPackage(services: readonly DescService[]) {
     const files = new Map<string, DescFile>();
     collectFiles(service.file, files);
     root[service.typeName] = {
-      fileDescriptorProtos: [...files.values()].map((file) => Buffer.from(toBinary(FileDescriptorProtoSchema, file.proto))),
+      fileDescriptorProtos: [...files.values()].map((file) =>
+        Buffer.from(toBinary(FileDescriptorProtoSchema, file.proto)),
+      ),
     };
   }
   return root;
@@ -139,16 +160,31 @@ export async function startGrpcServer(
     'grpc.keepalive_permit_without_calls': 1,
   });
   const healthNames = ['', ...services.map(({ service }) => service.typeName)];
-  const health = new HealthImplementation(Object.fromEntries(healthNames.map((name) => [name, 'NOT_SERVING'])));
+  const health = new HealthImplementation(
+    Object.fromEntries(healthNames.map((name) => [name, 'NOT_SERVING'])),
+  );
   health.addToServer(server);
   new ReflectionService(
-    reflectionPackage(services.map(({ service }) => service)) as unknown as ConstructorParameters<typeof ReflectionService>[0],
+    reflectionPackage(services.map(({ service }) => service)) as unknown as ConstructorParameters<
+      typeof ReflectionService
+    >[0],
   ).addToServer(server);
-  for (const { service, implementation } of services) server.addService(createGrpcServiceDefinition(service), implementation);
+  for (const { service, implementation } of services)
+    server.addService(createGrpcServiceDefinition(service), implementation);
 
   const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(`${options.host}:${options.port}`, ServerCredentials.createInsecure(), (error, boundPort) =>
-      error ? reject(new FStoreError('unavailable', `cannot listen on ${options.host}:${options.port}: ${error.message}`)) : resolve(boundPort),
+    server.bindAsync(
+      `${options.host}:${options.port}`,
+      ServerCredentials.createInsecure(),
+      (error, boundPort) =>
+        error
+          ? reject(
+              new FStoreError(
+                'unavailable',
+                `cannot listen on ${options.host}:${options.port}: ${error.message}`,
+              ),
+            )
+          : resolve(boundPort),
     );
   });
 
@@ -165,7 +201,10 @@ export async function startGrpcServer(
       stopping ??= new Promise<void>((resolve) => {
         setStatus('NOT_SERVING');
         const force = setTimeout(() => {
-          options.logger.warn({ graceMs: options.shutdownGraceMs }, 'drain time over; cutting in-flight calls');
+          options.logger.warn(
+            { graceMs: options.shutdownGraceMs },
+            'drain time over; cutting in-flight calls',
+          );
           server.forceShutdown();
           resolve();
         }, options.shutdownGraceMs);

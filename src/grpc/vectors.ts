@@ -48,7 +48,12 @@ function scalarVector(type: ValueType, values: readonly unknown[]): VectorInit {
     case 'int64':
       return { values: { case: 'int64Values', value: { values: values as bigint[] } } };
     case 'timestamp':
-      return { values: { case: 'timestampValues', value: { values: (values as number[]).map((micros) => BigInt(micros)) } } };
+      return {
+        values: {
+          case: 'timestampValues',
+          value: { values: (values as number[]).map((micros) => BigInt(micros)) },
+        },
+      };
     case 'double':
       return { values: { case: 'doubleValues', value: { values: values as number[] } } };
     case 'float':

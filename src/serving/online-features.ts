@@ -2,7 +2,13 @@ import { type Column, columnToFeatureValues, columnToKeyValues, zeroValue } from
 import { FStoreError, invalidArgument } from '../domain/errors.js';
 import { computeFeatureStatus, type FeatureStatus, onlineExpiryMs } from '../domain/feature-status.js';
 import type { FeatureValue, KeyValue, ValueType } from '../domain/model.js';
-import { type DecodedOnlineRow, decodeOnlineRow, decodeStoredValue, encodeOnlineKey, encodeOnlineRow } from '../domain/online-codec.js';
+import {
+  type DecodedOnlineRow,
+  decodeOnlineRow,
+  decodeStoredValue,
+  encodeOnlineKey,
+  encodeOnlineRow,
+} from '../domain/online-codec.js';
 import { parseFeatureReference } from '../domain/registry-rules.js';
 import type { OnlineEntry, OnlineStore } from '../ports/online-store.js';
 import type { RegistryCache, ServedProject, ServedView } from './registry-cache.js';
@@ -45,7 +51,11 @@ export interface OnlineWriteRequest {
   readonly project: string;
   readonly featureView: string;
   readonly entities: ReadonlyMap<string, Column>;
-  readonly features: readonly { readonly name: string; readonly values: Column; readonly nullRows: readonly number[] }[];
+  readonly features: readonly {
+    readonly name: string;
+    readonly values: Column;
+    readonly nullRows: readonly number[];
+  }[];
   readonly eventTimes: readonly bigint[];
 }
 
@@ -98,19 +108,31 @@ export class OnlineFeatureService {
 
     const lookups = new Map<string, ViewLookup>();
     references.forEach((reference, output) => {
-      const field = request.featureSet ? `feature_set "${request.featureSet}" features[${output}]` : `features[${output}]`;
+      const field = request.featureSet
+        ? `feature_set "${request.featureSet}" features[${output}]`
+        : `features[${output}]`;
       const parsed = parseFeatureReference(field, reference);
       let lookup = lookups.get(parsed.view);
       if (!lookup) {
         const view = project.views.get(parsed.view);
-        if (!view) throw new FStoreError('not_found', `${field}: project "${request.project}" has no feature view "${parsed.view}"`);
+        if (!view)
+          throw new FStoreError(
+            'not_found',
+            `${field}: project "${request.project}" has no feature view "${parsed.view}"`,
+          );
         if (!view.current.online)
-          throw new FStoreError('failed_precondition', `${field}: feature view "${parsed.view}" is not served online`);
+          throw new FStoreError(
+            'failed_precondition',
+            `${field}: feature view "${parsed.view}" is not served online`,
+          );
         lookup = { view, features: [], rowKeys: new Int32Array(0) };
         lookups.set(parsed.view, lookup);
       }
       if (!lookup.view.featureIndexes.get(lookup.view.current.version)?.has(parsed.feature))
-        throw new FStoreError('not_found', `${field}: feature view "${parsed.view}" has no feature "${parsed.feature}"`);
+        throw new FStoreError(
+          'not_found',
+          `${field}: feature view "${parsed.view}" has no feature "${parsed.feature}"`,
+        );
       lookup.features.push({ reference, name: parsed.feature, output });
     });
 
@@ -122,13 +144,17 @@ export class OnlineFeatureService {
       const keyColumns = current.joinKeys.map((joinKey) => {
         const column = request.entities.get(joinKey.name);
         if (!column)
-          throw invalidArgument('entities', `missing join key "${joinKey.name}" of feature view "${current.name}"`);
+          throw invalidArgument(
+            'entities',
+            `missing join key "${joinKey.name}" of feature view "${current.name}"`,
+          );
         return columnToKeyValues(`entities["${joinKey.name}"]`, joinKey.type, column);
       });
       lookup.rowKeys = new Int32Array(rowCount);
       const parts: KeyValue[] = new Array(keyColumns.length);
       for (let row = 0; row < rowCount; row++) {
-        for (let part = 0; part < keyColumns.length; part++) parts[part] = (keyColumns[part] as readonly KeyValue[])[row] as KeyValue;
+        for (let part = 0; part < keyColumns.length; part++)
+          parts[part] = (keyColumns[part] as readonly KeyValue[])[row] as KeyValue;
         const key = encodeOnlineKey(current.id, parts);
         let index = keyIndex.get(key);
         if (index === undefined) {
@@ -141,7 +167,9 @@ export class OnlineFeatureService {
     }
 
     const stored = await untilAborted(this.store.readMany(keys), signal);
-    const decoded: (DecodedOnlineRow | null)[] = stored.map((bytes) => (bytes ? decodeOnlineRow(bytes) : null));
+    const decoded: (DecodedOnlineRow | null)[] = stored.map((bytes) =>
+      bytes ? decodeOnlineRow(bytes) : null,
+    );
     const requestTimeMicros = this.#nowMicros();
 
     const columns = new Array<OnlineFeatureColumn>(references.length);
@@ -149,8 +177,9 @@ export class OnlineFeatureService {
       const { view } = lookup;
       const ttlMs = view.current.ttlMs;
       for (const feature of lookup.features) {
-        const type = view.current.features[view.featureIndexes.get(view.current.version)?.get(feature.name) as number]
-          ?.type as ValueType;
+        const type = view.current.features[
+          view.featureIndexes.get(view.current.version)?.get(feature.name) as number
+        ]?.type as ValueType;
         const zero = zeroValue(type);
         const values = new Array<FeatureValue>(rowCount);
         const statuses = new Array<FeatureStatus>(rowCount);
@@ -165,7 +194,12 @@ export class OnlineFeatureService {
             if (index !== undefined && view.versions.get(entry.version)?.features[index]?.type === type)
               value = decodeStoredValue(type, entry, index);
           }
-          const status = computeFeatureStatus(entry ? entry.eventTimeMicros : null, value === null, ttlMs, requestTimeMicros);
+          const status = computeFeatureStatus(
+            entry ? entry.eventTimeMicros : null,
+            value === null,
+            ttlMs,
+            requestTimeMicros,
+          );
           statuses[row] = status;
           values[row] = status === 'present' ? value : zero;
           eventTimes[row] = entry ? entry.eventTimeMicros : 0;
@@ -176,14 +210,23 @@ export class OnlineFeatureService {
     return { columns, requestTimeMicros };
   }
 
-  async write(request: OnlineWriteRequest, signal?: AbortSignal): Promise<{ written: number; stale: number }> {
+  async write(
+    request: OnlineWriteRequest,
+    signal?: AbortSignal,
+  ): Promise<{ written: number; stale: number }> {
     const project = this.registry.project(request.project);
     const view = project.views.get(request.featureView);
     if (!view)
-      throw new FStoreError('not_found', `feature_view: project "${request.project}" has no feature view "${request.featureView}"`);
+      throw new FStoreError(
+        'not_found',
+        `feature_view: project "${request.project}" has no feature view "${request.featureView}"`,
+      );
     const { current } = view;
     if (!current.online)
-      throw new FStoreError('failed_precondition', `feature_view: feature view "${current.name}" is not served online`);
+      throw new FStoreError(
+        'failed_precondition',
+        `feature_view: feature view "${current.name}" is not served online`,
+      );
     const rowCount = this.#rowCount(request.entities);
     if (request.eventTimes.length !== rowCount)
       throw invalidArgument(
@@ -192,13 +235,20 @@ export class OnlineFeatureService {
       );
     const eventTimes = request.eventTimes.map((micros, row) => {
       if (micros <= 0n || micros > BigInt(Number.MAX_SAFE_INTEGER))
-        throw invalidArgument(`event_timestamps[${row}]`, 'must be a positive time in microseconds since the epoch');
+        throw invalidArgument(
+          `event_timestamps[${row}]`,
+          'must be a positive time in microseconds since the epoch',
+        );
       return Number(micros);
     });
 
     const keyColumns = current.joinKeys.map((joinKey) => {
       const column = request.entities.get(joinKey.name);
-      if (!column) throw invalidArgument('entities', `missing join key "${joinKey.name}" of feature view "${current.name}"`);
+      if (!column)
+        throw invalidArgument(
+          'entities',
+          `missing join key "${joinKey.name}" of feature view "${current.name}"`,
+        );
       return columnToKeyValues(`entities["${joinKey.name}"]`, joinKey.type, column);
     });
 
@@ -207,8 +257,12 @@ export class OnlineFeatureService {
     request.features.forEach((feature, position) => {
       const index = indexes.get(feature.name);
       if (index === undefined)
-        throw new FStoreError('not_found', `features[${position}].name: feature view "${current.name}" has no feature "${feature.name}"`);
-      if (columns[index]) throw invalidArgument(`features[${position}].name`, `feature "${feature.name}" is given twice`);
+        throw new FStoreError(
+          'not_found',
+          `features[${position}].name: feature view "${current.name}" has no feature "${feature.name}"`,
+        );
+      if (columns[index])
+        throw invalidArgument(`features[${position}].name`, `feature "${feature.name}" is given twice`);
       columns[index] = columnToFeatureValues(
         `features[${position}].values`,
         (current.features[index] as { type: ValueType }).type,
@@ -218,15 +272,21 @@ export class OnlineFeatureService {
       );
     });
     current.features.forEach((feature, index) => {
-      if (!columns[index]) throw invalidArgument('features', `missing feature "${feature.name}" of feature view "${current.name}"`);
+      if (!columns[index])
+        throw invalidArgument(
+          'features',
+          `missing feature "${feature.name}" of feature view "${current.name}"`,
+        );
     });
 
     const entries: OnlineEntry[] = new Array(rowCount);
     const parts: KeyValue[] = new Array(keyColumns.length);
     const rowValues: FeatureValue[] = new Array(current.features.length);
     for (let row = 0; row < rowCount; row++) {
-      for (let part = 0; part < keyColumns.length; part++) parts[part] = (keyColumns[part] as readonly KeyValue[])[row] as KeyValue;
-      for (let index = 0; index < columns.length; index++) rowValues[index] = (columns[index] as FeatureValue[])[row] as FeatureValue;
+      for (let part = 0; part < keyColumns.length; part++)
+        parts[part] = (keyColumns[part] as readonly KeyValue[])[row] as KeyValue;
+      for (let index = 0; index < columns.length; index++)
+        rowValues[index] = (columns[index] as FeatureValue[])[row] as FeatureValue;
       const eventTime = eventTimes[row] as number;
       entries[row] = {
         key: encodeOnlineKey(current.id, parts),
@@ -243,10 +303,14 @@ export class OnlineFeatureService {
     if (request.featureSet) {
       const featureSet = project.featureSets.get(request.featureSet);
       if (!featureSet)
-        throw new FStoreError('not_found', `feature_set: project "${request.project}" has no feature set "${request.featureSet}"`);
+        throw new FStoreError(
+          'not_found',
+          `feature_set: project "${request.project}" has no feature set "${request.featureSet}"`,
+        );
       return featureSet.features;
     }
-    if (request.features.length === 0) throw invalidArgument('features', 'name at least one feature, or a feature_set');
+    if (request.features.length === 0)
+      throw invalidArgument('features', 'name at least one feature, or a feature_set');
     if (request.features.length > maxFeaturesPerRequest)
       throw new FStoreError(
         'resource_exhausted',
@@ -254,7 +318,8 @@ export class OnlineFeatureService {
       );
     const seen = new Set<string>();
     request.features.forEach((reference, index) => {
-      if (seen.has(reference)) throw invalidArgument(`features[${index}]`, `"${reference}" is requested twice`);
+      if (seen.has(reference))
+        throw invalidArgument(`features[${index}]`, `"${reference}" is requested twice`);
       seen.add(reference);
     });
     return request.features;

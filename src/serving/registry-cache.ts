@@ -85,7 +85,10 @@ export class RegistryCache {
   /** Installs a snapshot unless a newer one is already installed. */
   install(snapshot: RegistrySnapshotData): void {
     if (snapshot.revision < this.#revision) return;
-    const projects = new Map<string, { views: Map<string, ServedView>; featureSets: Map<string, FeatureSet> }>();
+    const projects = new Map<
+      string,
+      { views: Map<string, ServedView>; featureSets: Map<string, FeatureSet> }
+    >();
     const projectOf = (name: string) => {
       let project = projects.get(name);
       if (!project) {
@@ -108,11 +111,15 @@ export class RegistryCache {
         current,
         versions: new Map(versions.map((view) => [view.version, view])),
         featureIndexes: new Map(
-          versions.map((view) => [view.version, new Map(view.features.map((feature, index) => [feature.name, index]))]),
+          versions.map((view) => [
+            view.version,
+            new Map(view.features.map((feature, index) => [feature.name, index])),
+          ]),
         ),
       });
     }
-    for (const featureSet of snapshot.featureSets) projectOf(featureSet.project).featureSets.set(featureSet.name, featureSet);
+    for (const featureSet of snapshot.featureSets)
+      projectOf(featureSet.project).featureSets.set(featureSet.name, featureSet);
     this.#projects = projects;
     this.#revision = snapshot.revision;
   }

@@ -33,7 +33,11 @@ describe.each<OnlineStoreKind>(['memory', 'redis', 'redis-cluster'])('online ser
   });
   afterAll(async () => server?.stop());
 
-  const writeUsers = (userIds: string[], eventTime: number, overrides: { clicks?: number[]; nullScoreRows?: number[] } = {}) =>
+  const writeUsers = (
+    userIds: string[],
+    eventTime: number,
+    overrides: { clicks?: number[]; nullScoreRows?: number[] } = {},
+  ) =>
     server.features.writeOnlineFeatures({
       project,
       featureView: 'user_stats',
@@ -41,7 +45,11 @@ describe.each<OnlineStoreKind>(['memory', 'redis', 'redis-cluster'])('online ser
       eventTimestamps: userIds.map(() => BigInt(eventTime)),
       features: [
         { name: 'clicks', values: int64s(...(overrides.clicks ?? userIds.map((_, index) => index + 1))) },
-        { name: 'score', values: doubles(...userIds.map((_, index) => index + 0.5)), nullRows: overrides.nullScoreRows ?? [] },
+        {
+          name: 'score',
+          values: doubles(...userIds.map((_, index) => index + 0.5)),
+          nullRows: overrides.nullScoreRows ?? [],
+        },
         { name: 'ratio', values: floats(...userIds.map(() => 0.1)) },
         { name: 'name', values: strings(...userIds.map((id) => `name of ${id}`)) },
         { name: 'active', values: bools(...userIds.map((_, index) => index % 2 === 0)) },
@@ -70,9 +78,14 @@ describe.each<OnlineStoreKind>(['memory', 'redis', 'redis-cluster'])('online ser
     expect(response.features.map((feature) => feature.name)).toEqual(
       userStatsView.features?.map((feature) => `user_stats:${feature.name}`),
     );
-    expect(column('clicks').values?.values).toEqual({ case: 'int64Values', value: expect.objectContaining({ values: [2n ** 60n, 7n] }) });
+    expect(column('clicks').values?.values).toEqual({
+      case: 'int64Values',
+      value: expect.objectContaining({ values: [2n ** 60n, 7n] }),
+    });
     expect(column('score').values?.values.value).toMatchObject({ values: [1.5, 0.5] });
-    expect(column('ratio').values?.values.value).toMatchObject({ values: [Math.fround(0.1), Math.fround(0.1)] });
+    expect(column('ratio').values?.values.value).toMatchObject({
+      values: [Math.fround(0.1), Math.fround(0.1)],
+    });
     expect(column('name').values?.values.value).toMatchObject({ values: ['name of u2', 'name of u1'] });
     expect(column('active').values?.values.value).toMatchObject({ values: [false, true] });
     expect((valuesOf(column('blob')) as Uint8Array[]).map((value) => [...value])).toEqual([
@@ -115,18 +128,35 @@ describe.each<OnlineStoreKind>(['memory', 'redis', 'redis-cluster'])('online ser
       entities: { user_id: strings('n1', 'missing', 'old1') },
     });
     const [score, clicks] = response.features;
-    expect(score?.statuses).toEqual([FeatureStatus.NULL_VALUE, FeatureStatus.NOT_FOUND, FeatureStatus.OUTSIDE_MAX_AGE]);
+    expect(score?.statuses).toEqual([
+      FeatureStatus.NULL_VALUE,
+      FeatureStatus.NOT_FOUND,
+      FeatureStatus.OUTSIDE_MAX_AGE,
+    ]);
     expect(valuesOf(score)).toEqual([0, 0, 0]);
     expect(score?.eventTimestamps).toEqual([BigInt(fresh), 0n, BigInt(aged)]);
-    expect(clicks?.statuses).toEqual([FeatureStatus.PRESENT, FeatureStatus.NOT_FOUND, FeatureStatus.OUTSIDE_MAX_AGE]);
+    expect(clicks?.statuses).toEqual([
+      FeatureStatus.PRESENT,
+      FeatureStatus.NOT_FOUND,
+      FeatureStatus.OUTSIDE_MAX_AGE,
+    ]);
     expect(valuesOf(clicks)).toEqual([1n, 0n, 0n]);
   });
 
   it('keeps the row with the latest event time (last write wins)', async () => {
     const base = nowMicros() - 10_000_000;
-    expect(await writeUsers(['lww'], base + 2, { clicks: [20] })).toMatchObject({ rowsWritten: 1, rowsStale: 0 });
-    expect(await writeUsers(['lww'], base + 1, { clicks: [10] })).toMatchObject({ rowsWritten: 0, rowsStale: 1 });
-    expect(await writeUsers(['lww'], base + 2, { clicks: [30] })).toMatchObject({ rowsWritten: 1, rowsStale: 0 });
+    expect(await writeUsers(['lww'], base + 2, { clicks: [20] })).toMatchObject({
+      rowsWritten: 1,
+      rowsStale: 0,
+    });
+    expect(await writeUsers(['lww'], base + 1, { clicks: [10] })).toMatchObject({
+      rowsWritten: 0,
+      rowsStale: 1,
+    });
+    expect(await writeUsers(['lww'], base + 2, { clicks: [30] })).toMatchObject({
+      rowsWritten: 1,
+      rowsStale: 0,
+    });
     const response = await server.features.getOnlineFeatures({
       project,
       features: ['user_stats:clicks'],
@@ -151,7 +181,10 @@ describe.each<OnlineStoreKind>(['memory', 'redis', 'redis-cluster'])('online ser
       features: ['pair_stats:amount', 'user_stats:clicks'],
       entities: { user_id: strings('d1', 'd2', 'd1', 'd1'), merchant_id: int64s(6, 5, 6, 5) },
     });
-    expect(response.features.map((feature) => feature.name)).toEqual(['pair_stats:amount', 'user_stats:clicks']);
+    expect(response.features.map((feature) => feature.name)).toEqual([
+      'pair_stats:amount',
+      'user_stats:clicks',
+    ]);
     expect(valuesOf(response.features[0])).toEqual([2.5, 0, 2.5, 1.25]);
     expect(response.features[0]?.statuses).toEqual([
       FeatureStatus.PRESENT,
@@ -173,7 +206,10 @@ describe.each<OnlineStoreKind>(['memory', 'redis', 'redis-cluster'])('online ser
       featureSet: 'ranker',
       entities: { user_id: strings('fs1') },
     });
-    expect(response.features.map((feature) => feature.name)).toEqual(['user_stats:name', 'user_stats:clicks']);
+    expect(response.features.map((feature) => feature.name)).toEqual([
+      'user_stats:name',
+      'user_stats:clicks',
+    ]);
     expect(valuesOf(response.features[1])).toEqual([4n]);
   });
 
@@ -223,7 +259,10 @@ describe.each<OnlineStoreKind>(['memory', 'redis', 'redis-cluster'])('online ser
         code: 'not_found',
         message: 'project "no_such_project" does not exist',
       });
-      expect(await read({ features: ['nope:clicks'] })).toMatchObject({ code: 'not_found', message: expect.stringContaining('features[0]') });
+      expect(await read({ features: ['nope:clicks'] })).toMatchObject({
+        code: 'not_found',
+        message: expect.stringContaining('features[0]'),
+      });
       expect(await read({ features: ['user_stats:clicks', 'user_stats:nope'] })).toMatchObject({
         code: 'not_found',
         message: expect.stringMatching(/features\[1\].*no feature "nope"/),
@@ -232,22 +271,39 @@ describe.each<OnlineStoreKind>(['memory', 'redis', 'redis-cluster'])('online ser
     });
 
     it('refuses malformed references, keys and batches (INVALID_ARGUMENT / RESOURCE_EXHAUSTED)', async () => {
-      expect(await read({ features: ['clicks'] })).toMatchObject({ code: 'invalid_argument', message: expect.stringContaining('features[0]') });
-      expect(await read({ features: [] })).toMatchObject({ code: 'invalid_argument', message: expect.stringContaining('features') });
-      expect(await read({ features: ['user_stats:clicks', 'user_stats:clicks'] })).toMatchObject({ code: 'invalid_argument' });
+      expect(await read({ features: ['clicks'] })).toMatchObject({
+        code: 'invalid_argument',
+        message: expect.stringContaining('features[0]'),
+      });
+      expect(await read({ features: [] })).toMatchObject({
+        code: 'invalid_argument',
+        message: expect.stringContaining('features'),
+      });
+      expect(await read({ features: ['user_stats:clicks', 'user_stats:clicks'] })).toMatchObject({
+        code: 'invalid_argument',
+      });
       expect(await read({ entities: { user_id: int64s(1) } })).toMatchObject({
         code: 'invalid_argument',
         message: expect.stringContaining('entities["user_id"]: expected string_values'),
       });
-      expect(await read({ entities: {} })).toMatchObject({ code: 'invalid_argument', message: expect.stringContaining('entities') });
+      expect(await read({ entities: {} })).toMatchObject({
+        code: 'invalid_argument',
+        message: expect.stringContaining('entities'),
+      });
       expect(await read({ entities: { user_id: strings() } })).toMatchObject({ code: 'invalid_argument' });
       expect(await read({ entities: { other: strings('x') } })).toMatchObject({
         code: 'invalid_argument',
         message: expect.stringContaining('missing join key "user_id"'),
       });
       expect(
-        await read({ features: ['pair_stats:amount'], entities: { user_id: strings('a', 'b'), merchant_id: int64s(1) } }),
-      ).toMatchObject({ code: 'invalid_argument', message: expect.stringContaining('every key vector needs one value per row') });
+        await read({
+          features: ['pair_stats:amount'],
+          entities: { user_id: strings('a', 'b'), merchant_id: int64s(1) },
+        }),
+      ).toMatchObject({
+        code: 'invalid_argument',
+        message: expect.stringContaining('every key vector needs one value per row'),
+      });
       const tooMany = Array.from({ length: 501 }, (_, index) => `u${index}`);
       expect(await read({ entities: { user_id: strings(...tooMany) } })).toMatchObject({
         code: 'resource_exhausted',
@@ -285,12 +341,24 @@ describe.each<OnlineStoreKind>(['memory', 'redis', 'redis-cluster'])('online ser
         code: 'invalid_argument',
         message: expect.stringContaining('features[0].values: has 1 values, expected 2'),
       });
-      expect(await write({ features: [] })).toMatchObject({ code: 'invalid_argument', message: expect.stringContaining('missing feature "amount"') });
-      expect(await write({ features: [{ name: 'amount', values: doubles(1, 2) }, { name: 'zzz', values: doubles(1, 2) }] })).toMatchObject({
+      expect(await write({ features: [] })).toMatchObject({
+        code: 'invalid_argument',
+        message: expect.stringContaining('missing feature "amount"'),
+      });
+      expect(
+        await write({
+          features: [
+            { name: 'amount', values: doubles(1, 2) },
+            { name: 'zzz', values: doubles(1, 2) },
+          ],
+        }),
+      ).toMatchObject({
         code: 'not_found',
         message: expect.stringContaining('features[1].name'),
       });
-      expect(await write({ features: [{ name: 'amount', values: doubles(1, 2), nullRows: [1, 0] }] })).toMatchObject({
+      expect(
+        await write({ features: [{ name: 'amount', values: doubles(1, 2), nullRows: [1, 0] }] }),
+      ).toMatchObject({
         code: 'invalid_argument',
         message: expect.stringContaining('null_rows[1]'),
       });

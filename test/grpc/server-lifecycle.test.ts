@@ -3,19 +3,32 @@ import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import { FeatureStatus } from '../../gen/fstore/v1/values_pb.js';
 import { createUnaryClient } from '../../src/grpc/client.js';
 import { randomName } from '../support/environment.js';
-import { applyFixtures, doubles, failureOf, int64s, nowMicros, strings, valuesOf } from '../support/fixtures.js';
+import {
+  applyFixtures,
+  doubles,
+  failureOf,
+  int64s,
+  nowMicros,
+  strings,
+  valuesOf,
+} from '../support/fixtures.js';
 import { checkHealth, reflect } from '../support/grpc-probes.js';
 import { startTestServer, type TestServer } from '../support/serving-harness.js';
 import { startThrowawayRedis, type ThrowawayRedis } from '../support/throwaway-redis.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function eventually<T>(probe: () => Promise<T>, accept: (value: T) => boolean, timeoutMs: number): Promise<T> {
+async function eventually<T>(
+  probe: () => Promise<T>,
+  accept: (value: T) => boolean,
+  timeoutMs: number,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe().catch((error: unknown) => error as T);
     if (accept(value)) return value;
-    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms; last: ${String(value)}`);
+    if (Date.now() > deadline)
+      throw new Error(`condition not met within ${timeoutMs} ms; last: ${String(value)}`);
     await sleep(100);
   }
 }
@@ -27,7 +40,11 @@ describe('serving process lifecycle', () => {
   const project = randomName('p');
   const read = (timeoutMs?: number) =>
     server.features.getOnlineFeatures(
-      { project, features: ['pair_stats:amount'], entities: { user_id: strings('a'), merchant_id: int64s(1) } },
+      {
+        project,
+        features: ['pair_stats:amount'],
+        entities: { user_id: strings('a'), merchant_id: int64s(1) },
+      },
       timeoutMs === undefined ? {} : { timeoutMs },
     );
 
@@ -56,10 +73,13 @@ describe('serving process lifecycle', () => {
 
   it('lists its services and serves their descriptors through reflection', async () => {
     const listed = await reflect(server.address, { list_services: '' });
-    const names = (listed.list_services_response as { service: { name: string }[] }).service.map((service) => service.name);
+    const names = (listed.list_services_response as { service: { name: string }[] }).service.map(
+      (service) => service.name,
+    );
     expect(names).toEqual(expect.arrayContaining(['fstore.v1.FeatureService', 'fstore.v1.RegistryService']));
     const files = await reflect(server.address, { file_containing_symbol: 'fstore.v1.FeatureService' });
-    const descriptors = (files.file_descriptor_response as { file_descriptor_proto: Buffer[] }).file_descriptor_proto;
+    const descriptors = (files.file_descriptor_response as { file_descriptor_proto: Buffer[] })
+      .file_descriptor_proto;
     const text = descriptors.map((bytes) => Buffer.from(bytes).toString('latin1')).join('\n');
     expect(text).toContain('fstore/v1/feature_service.proto');
     expect(text).toContain('fstore/v1/values.proto');
@@ -78,9 +98,16 @@ describe('serving process lifecycle', () => {
   it('fails fast with UNAVAILABLE while Redis is down, reports NOT_SERVING, and recovers by itself', async () => {
     await redis.stop();
     const started = Date.now();
-    expect(await failureOf(read())).toMatchObject({ code: 'unavailable', message: expect.stringContaining('Redis') });
+    expect(await failureOf(read())).toMatchObject({
+      code: 'unavailable',
+      message: expect.stringContaining('Redis'),
+    });
     expect(Date.now() - started).toBeLessThan(1_500);
-    await eventually(() => checkHealth(server.address), (status) => status === 'NOT_SERVING', 5_000);
+    await eventually(
+      () => checkHealth(server.address),
+      (status) => status === 'NOT_SERVING',
+      5_000,
+    );
 
     await redis.start(); // empty again: the row written before is gone
     const response = await eventually(
@@ -89,7 +116,11 @@ describe('serving process lifecycle', () => {
       10_000,
     );
     expect(response.features[0]?.statuses).toEqual([FeatureStatus.NOT_FOUND]);
-    await eventually(() => checkHealth(server.address), (status) => status === 'SERVING', 5_000);
+    await eventually(
+      () => checkHealth(server.address),
+      (status) => status === 'SERVING',
+      5_000,
+    );
   });
 
   it('drains in-flight calls on shutdown, after reporting NOT_SERVING', async () => {
@@ -98,7 +129,11 @@ describe('serving process lifecycle', () => {
       await applyFixtures(other.registry, project);
       await redis.command('CLIENT', 'PAUSE', '600', 'ALL');
       const inFlight = other.features.getOnlineFeatures(
-        { project, features: ['pair_stats:amount'], entities: { user_id: strings('a'), merchant_id: int64s(1) } },
+        {
+          project,
+          features: ['pair_stats:amount'],
+          entities: { user_id: strings('a'), merchant_id: int64s(1) },
+        },
         { timeoutMs: 5_000 },
       );
       await sleep(100);
@@ -110,7 +145,11 @@ describe('serving process lifecycle', () => {
       await stopping;
       const late = createUnaryClient(FeatureService, other.address);
       try {
-        expect(await failureOf(late.getOnlineFeatures({ project, features: ['pair_stats:amount'] }, { timeoutMs: 1_000 }))).toMatchObject({
+        expect(
+          await failureOf(
+            late.getOnlineFeatures({ project, features: ['pair_stats:amount'] }, { timeoutMs: 1_000 }),
+          ),
+        ).toMatchObject({
           code: 'unavailable',
         });
       } finally {

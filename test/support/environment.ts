@@ -5,7 +5,9 @@
 export function requireEnvironment(name: string): string {
   const value = process.env[name];
   if (!value)
-    throw new Error(`${name} is not set: start the test servers with "bash scripts/servers.sh start" and eval "$(bash scripts/servers.sh env)"`);
+    throw new Error(
+      `${name} is not set: start the test servers with "bash scripts/servers.sh start" and eval "$(bash scripts/servers.sh env)"`,
+    );
   return value;
 }
 

@@ -1,6 +1,6 @@
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import type { FeatureViewSchema, RegistryService } from '../../gen/fstore/v1/registry_pb.js';
-import { FeatureViewSource, type EntitySchema } from '../../gen/fstore/v1/registry_pb.js';
+import { type EntitySchema, FeatureViewSource } from '../../gen/fstore/v1/registry_pb.js';
 import { ValueType, type VectorSchema } from '../../gen/fstore/v1/values_pb.js';
 import type { UnaryClient } from '../../src/grpc/client.js';
 
@@ -8,18 +8,30 @@ import type { UnaryClient } from '../../src/grpc/client.js';
 
 type VectorInit = MessageInitShape<typeof VectorSchema>;
 
-export const strings = (...values: string[]): VectorInit => ({ values: { case: 'stringValues', value: { values } } });
+export const strings = (...values: string[]): VectorInit => ({
+  values: { case: 'stringValues', value: { values } },
+});
 export const int64s = (...values: (number | bigint)[]): VectorInit => ({
   values: { case: 'int64Values', value: { values: values.map((value) => BigInt(value)) } },
 });
-export const doubles = (...values: number[]): VectorInit => ({ values: { case: 'doubleValues', value: { values } } });
-export const floats = (...values: number[]): VectorInit => ({ values: { case: 'floatValues', value: { values } } });
-export const bools = (...values: boolean[]): VectorInit => ({ values: { case: 'boolValues', value: { values } } });
-export const bytes = (...values: Uint8Array[]): VectorInit => ({ values: { case: 'bytesValues', value: { values } } });
+export const doubles = (...values: number[]): VectorInit => ({
+  values: { case: 'doubleValues', value: { values } },
+});
+export const floats = (...values: number[]): VectorInit => ({
+  values: { case: 'floatValues', value: { values } },
+});
+export const bools = (...values: boolean[]): VectorInit => ({
+  values: { case: 'boolValues', value: { values } },
+});
+export const bytes = (...values: Uint8Array[]): VectorInit => ({
+  values: { case: 'bytesValues', value: { values } },
+});
 export const timestamps = (...values: number[]): VectorInit => ({
   values: { case: 'timestampValues', value: { values: values.map((value) => BigInt(value)) } },
 });
-export const lists = (...rows: VectorInit[]): VectorInit => ({ values: { case: 'listValues', value: { rows } } });
+export const lists = (...rows: VectorInit[]): VectorInit => ({
+  values: { case: 'listValues', value: { rows } },
+});
 
 export const nowMicros = (): number => Date.now() * 1000;
 export const hourMs = 3_600_000;
@@ -70,7 +82,10 @@ export const offlineOnlyView: MessageInitShape<typeof FeatureViewSchema> = {
   features: [{ name: 'x', type: ValueType.DOUBLE }],
 };
 
-export async function applyFixtures(registry: UnaryClient<typeof RegistryService>, project: string): Promise<void> {
+export async function applyFixtures(
+  registry: UnaryClient<typeof RegistryService>,
+  project: string,
+): Promise<void> {
   await registry.applyEntity({ project, entity: userEntity });
   await registry.applyEntity({ project, entity: merchantEntity });
   await registry.applyFeatureView({ project, featureView: userStatsView });
@@ -90,7 +105,9 @@ export async function failureOf(promise: Promise<unknown>): Promise<{ code: stri
 }
 
 /** The plain values of a scalar column of a response (undefined for list columns). */
-export function valuesOf(column: { values?: { values: { case: string | undefined; value?: unknown } } } | undefined): unknown[] | undefined {
+export function valuesOf(
+  column: { values?: { values: { case: string | undefined; value?: unknown } } } | undefined,
+): unknown[] | undefined {
   const value = column?.values?.values.value as { values?: unknown[] } | undefined;
   return value?.values;
 }

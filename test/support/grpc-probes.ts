@@ -7,7 +7,10 @@ import { protoPath as healthProtoPath } from 'grpc-health-check';
 /** Standard gRPC health and reflection clients, loaded from the protos their packages ship. */
 
 const require = createRequire(import.meta.url);
-const reflectionProto = join(dirname(require.resolve('@grpc/reflection/package.json')), 'build/proto/grpc/reflection/v1/reflection.proto');
+const reflectionProto = join(
+  dirname(require.resolve('@grpc/reflection/package.json')),
+  'build/proto/grpc/reflection/v1/reflection.proto',
+);
 const protoOptions = { keepCase: true, enums: String, longs: String, defaults: true, oneofs: true };
 
 function serviceAt(root: unknown, path: string[]): ServiceClientConstructor {
@@ -16,7 +19,11 @@ function serviceAt(root: unknown, path: string[]): ServiceClientConstructor {
 
 type Callback<T> = (error: Error | null, response: T) => void;
 interface HealthClient {
-  check(request: { service: string }, options: { deadline: number }, callback: Callback<{ status: string }>): void;
+  check(
+    request: { service: string },
+    options: { deadline: number },
+    callback: Callback<{ status: string }>,
+  ): void;
   close(): void;
 }
 interface ReflectionCall {
@@ -31,7 +38,12 @@ interface ReflectionClient {
 }
 
 export async function checkHealth(address: string, service = ''): Promise<string> {
-  const Health = serviceAt(loadPackageDefinition(loadSync(healthProtoPath, protoOptions)), ['grpc', 'health', 'v1', 'Health']);
+  const Health = serviceAt(loadPackageDefinition(loadSync(healthProtoPath, protoOptions)), [
+    'grpc',
+    'health',
+    'v1',
+    'Health',
+  ]);
   const client = new Health(address, credentials.createInsecure()) as unknown as HealthClient;
   try {
     return await new Promise((resolve, reject) =>
@@ -45,7 +57,10 @@ export async function checkHealth(address: string, service = ''): Promise<string
 }
 
 /** Asks the reflection service one question and returns its one answer. */
-export async function reflect(address: string, request: Record<string, string>): Promise<Record<string, unknown>> {
+export async function reflect(
+  address: string,
+  request: Record<string, string>,
+): Promise<Record<string, unknown>> {
   const Reflection = serviceAt(loadPackageDefinition(loadSync(reflectionProto, protoOptions)), [
     'grpc',
     'reflection',

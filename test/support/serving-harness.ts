@@ -37,7 +37,8 @@ export async function startTestServer(
     FSTORE_HEALTH_CHECK_INTERVAL_MS: '200',
   };
   if (kind === 'redis') environment.FSTORE_REDIS_URL = requireEnvironment('FSTORE_TEST_REDIS_URL');
-  if (kind === 'redis-cluster') environment.FSTORE_REDIS_CLUSTER_NODES = requireEnvironment('FSTORE_TEST_REDIS_CLUSTER_NODES');
+  if (kind === 'redis-cluster')
+    environment.FSTORE_REDIS_CLUSTER_NODES = requireEnvironment('FSTORE_TEST_REDIS_CLUSTER_NODES');
   const config = loadConfig(environment, overrides);
   const serving = await startServing(config, pino({ level: process.env.FSTORE_TEST_LOG_LEVEL ?? 'silent' }));
   const address = `127.0.0.1:${serving.port}`;

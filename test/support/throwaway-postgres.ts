@@ -28,7 +28,9 @@ export interface ThrowawayPostgres {
 const run = promisify(execFile);
 const isRoot = process.getuid?.() === 0;
 
-export async function startThrowawayPostgres(options: { preferredPort?: number } = {}): Promise<ThrowawayPostgres> {
+export async function startThrowawayPostgres(
+  options: { preferredPort?: number } = {},
+): Promise<ThrowawayPostgres> {
   const bin = findPostgresBinaries();
   const root = await mkdtemp(join(tmpdir(), 'fstore-throwaway-pg-'));
   const dataDir = join(root, 'data');
@@ -38,7 +40,9 @@ export async function startThrowawayPostgres(options: { preferredPort?: number }
     await chown(root, uid, gid);
   }
   const asPostgres = async (command: string, args: string[]) => {
-    const [file, fileArgs] = isRoot ? ['runuser', ['-u', 'postgres', '--', command, ...args]] : [command, args];
+    const [file, fileArgs] = isRoot
+      ? ['runuser', ['-u', 'postgres', '--', command, ...args]]
+      : [command, args];
     try {
       await run(file, fileArgs, { timeout: 60_000 });
     } catch (error) {

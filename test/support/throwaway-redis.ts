@@ -36,7 +36,9 @@ function sendCommand(port: number, args: string[]): Promise<string> {
       socket.end();
       resolve(data.toString());
     });
-    socket.write(`*${args.length}\r\n${args.map((arg) => `$${Buffer.byteLength(arg)}\r\n${arg}\r\n`).join('')}`);
+    socket.write(
+      `*${args.length}\r\n${args.map((arg) => `$${Buffer.byteLength(arg)}\r\n${arg}\r\n`).join('')}`,
+    );
   });
 }
 
@@ -44,9 +46,13 @@ export async function startThrowawayRedis(): Promise<ThrowawayRedis> {
   const port = await freePort();
   let child: ChildProcess | undefined;
   const start = async () => {
-    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-      stdio: 'ignore',
-    });
+    child = spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+      {
+        stdio: 'ignore',
+      },
+    );
     const deadline = Date.now() + 10_000;
     for (;;) {
       try {
@@ -68,5 +74,11 @@ export async function startThrowawayRedis(): Promise<ThrowawayRedis> {
     });
   };
   await start();
-  return { port, url: `redis://127.0.0.1:${port}`, start, stop, command: (...args) => sendCommand(port, args) };
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    start,
+    stop,
+    command: (...args) => sendCommand(port, args),
+  };
 }
