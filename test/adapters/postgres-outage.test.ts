@@ -85,6 +85,27 @@ it('fails fast with unavailable while PostgreSQL is down and recovers by itself'
   await stopWatching();
 });
 
+it('closes promptly while PostgreSQL is down, even with a watch reconnecting', async () => {
+  const other = await createPostgresRegistry({
+    connectionString: server.connectionString,
+    schema: 'fstore',
+    connectTimeoutMs: 1_000,
+    closeTimeoutMs: 1_000,
+  });
+  await other.watch(() => undefined);
+  await other.listEntities('p');
+  await server.stop();
+  try {
+    await expect(other.listEntities('p')).rejects.toMatchObject({ code: 'unavailable' });
+    const started = Date.now();
+    await other.close();
+    expect(Date.now() - started).toBeLessThan(2_000);
+    await expect(other.listEntities('p')).rejects.toMatchObject({ code: 'unavailable' });
+  } finally {
+    await server.start();
+  }
+});
+
 it('recovers after a restart with no call in between', async () => {
   await registry.listEntities('p');
   await server.restart();

@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { FStoreError } from '../../domain/errors.js';
 import type { PostgresPool } from './pool.js';
 import { quoteIdentifier } from './pool.js';
 
@@ -20,7 +21,7 @@ export async function runMigrations(pool: PostgresPool, schema: string): Promise
   const scripts = await Promise.all(
     migrations.map(async (migration) => ({
       ...migration,
-      sql: await readFile(new URL(`./migrations/${migration.name}.sql`, import.meta.url), 'utf8'),
+      sql: await readMigration(migration.name),
     })),
   );
   return pool.transaction(async (client) => {
@@ -51,4 +52,16 @@ export async function runMigrations(pool: PostgresPool, schema: string): Promise
     }
     return newlyApplied;
   });
+}
+
+async function readMigration(name: string): Promise<string> {
+  const file = new URL(`./migrations/${name}.sql`, import.meta.url);
+  try {
+    return await readFile(file, 'utf8');
+  } catch (error) {
+    // A build that forgot to copy the SQL files next to the compiled module ends up here.
+    throw new FStoreError('internal', `registry migration ${name} cannot be read from ${file.pathname}`, {
+      cause: error,
+    });
+  }
 }

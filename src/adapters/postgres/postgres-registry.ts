@@ -73,7 +73,7 @@ export async function createPostgresRegistry(input: PostgresOptionsInput): Promi
       inProject(project);
       validateEntityDefinition(definition);
       const entity = entityDefinition(definition);
-      return pool.transaction(async (client) => {
+      return pool.transaction<{ entity: Entity; outcome: ApplyOutcome }>(async (client) => {
         await lockObject(client, 'entity', project, entity.name);
         const current = await client.query<EntityRow>(
           'SELECT name, join_keys, description, updated_at FROM entities WHERE project = $1 AND name = $2 FOR UPDATE',
@@ -87,10 +87,10 @@ export async function createPostgresRegistry(input: PostgresOptionsInput): Promi
             [project, entity.name, JSON.stringify(entity.joinKeys), entity.description],
           );
           await recordChange(client);
-          return { entity: toEntity(firstRow(inserted.rows)), outcome: 'created' as ApplyOutcome };
+          return { entity: toEntity(firstRow(inserted.rows)), outcome: 'created' };
         }
         const existing = toEntity(currentRow);
-        if (isSameEntity(existing, entity)) return { entity: existing, outcome: 'unchanged' as ApplyOutcome };
+        if (isSameEntity(existing, entity)) return { entity: existing, outcome: 'unchanged' };
         if (!isSameEntityKeys(existing, entity) && !force) {
           const users = await viewsUsingEntity(client, project, entity.name);
           if (users.length > 0)
@@ -109,7 +109,7 @@ export async function createPostgresRegistry(input: PostgresOptionsInput): Promi
           [project, entity.name, JSON.stringify(entity.joinKeys), entity.description],
         );
         await recordChange(client);
-        return { entity: toEntity(firstRow(updated.rows)), outcome: 'updated' as ApplyOutcome };
+        return { entity: toEntity(firstRow(updated.rows)), outcome: 'updated' };
       });
     },
 
@@ -156,7 +156,7 @@ export async function createPostgresRegistry(input: PostgresOptionsInput): Promi
       inProject(project);
       validateFeatureViewDefinition(definition);
       const view = featureViewDefinition(definition);
-      return pool.transaction(async (client) => {
+      return pool.transaction<{ featureView: FeatureView; outcome: ApplyOutcome }>(async (client) => {
         await lockObject(client, 'feature_view', project, view.name);
         // FOR SHARE: an entity cannot be deleted or re-keyed until this apply commits.
         const entityRows = await client.query<EntityRow>(
@@ -179,11 +179,10 @@ export async function createPostgresRegistry(input: PostgresOptionsInput): Promi
           );
           const featureView = await insertVersion(client, firstRow(created.rows).id, 1, view, joinKeys);
           await recordChange(client);
-          return { featureView: { ...featureView, project }, outcome: 'created' as ApplyOutcome };
+          return { featureView: { ...featureView, project }, outcome: 'created' };
         }
         const current = toFeatureView(currentRow);
-        if (isSameFeatureView(current, view, joinKeys))
-          return { featureView: current, outcome: 'unchanged' as ApplyOutcome };
+        if (isSameFeatureView(current, view, joinKeys)) return { featureView: current, outcome: 'unchanged' };
         const reasons = findIncompatibleChanges(current, view, joinKeys);
         if (reasons.length > 0 && !force)
           throw new FStoreError(
@@ -197,7 +196,7 @@ export async function createPostgresRegistry(input: PostgresOptionsInput): Promi
           version,
         ]);
         await recordChange(client);
-        return { featureView: { ...featureView, project }, outcome: 'updated' as ApplyOutcome };
+        return { featureView: { ...featureView, project }, outcome: 'updated' };
       });
     },
 
@@ -281,7 +280,7 @@ export async function createPostgresRegistry(input: PostgresOptionsInput): Promi
       const references = featureSet.features.map((reference, index) =>
         parseFeatureReference(`feature_set.features[${index}]`, reference),
       );
-      return pool.transaction(async (client) => {
+      return pool.transaction<{ featureSet: FeatureSet; outcome: ApplyOutcome }>(async (client) => {
         await lockObject(client, 'feature_set', project, featureSet.name);
         // FOR SHARE: a referenced view cannot be deleted or changed until this apply commits.
         const viewRows = await client.query<{ name: string; features: { name: string }[] }>(
@@ -318,7 +317,7 @@ export async function createPostgresRegistry(input: PostgresOptionsInput): Promi
             existing.features.length === featureSet.features.length &&
             existing.features.every((reference, index) => reference === featureSet.features[index])
           )
-            return { featureSet: existing, outcome: 'unchanged' as ApplyOutcome };
+            return { featureSet: existing, outcome: 'unchanged' };
         }
         const written = await client.query<FeatureSetRow>(
           `INSERT INTO feature_sets (project, name, features, description, updated_at)
@@ -331,7 +330,7 @@ export async function createPostgresRegistry(input: PostgresOptionsInput): Promi
         await recordChange(client);
         return {
           featureSet: toFeatureSet(firstRow(written.rows)),
-          outcome: (currentRow ? 'updated' : 'created') as ApplyOutcome,
+          outcome: currentRow ? 'updated' : 'created',
         };
       });
     },
