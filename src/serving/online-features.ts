@@ -1,7 +1,7 @@
 import { type Column, columnToFeatureValues, columnToKeyValues, zeroValue } from '../domain/columns.js';
 import { FStoreError, invalidArgument } from '../domain/errors.js';
 import { computeFeatureStatus, type FeatureStatus, onlineExpiryMs } from '../domain/feature-status.js';
-import type { FeatureValue, KeyValue, ValueType } from '../domain/model.js';
+import type { FeatureValue, FeatureView, KeyValue, ValueType } from '../domain/model.js';
 import {
   type DecodedOnlineRow,
   decodeOnlineRow,
@@ -86,6 +86,16 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): 
   });
 }
 
+/** The request's key column of each join key of `view`, checked for presence and type. */
+function joinKeyColumns(view: FeatureView, entities: ReadonlyMap<string, Column>): (readonly KeyValue[])[] {
+  return view.joinKeys.map((joinKey) => {
+    const column = entities.get(joinKey.name);
+    if (!column)
+      throw invalidArgument('entities', `missing join key "${joinKey.name}" of feature view "${view.name}"`);
+    return columnToKeyValues(`entities["${joinKey.name}"]`, joinKey.type, column);
+  });
+}
+
 /**
  * Online reads and writes (DESIGN §4): resolves references against the cached registry,
  * validates the request whole, then makes exactly one call to the online store.
@@ -141,15 +151,7 @@ export class OnlineFeatureService {
     const keyIndex = new Map<string, number>();
     for (const lookup of lookups.values()) {
       const { current } = lookup.view;
-      const keyColumns = current.joinKeys.map((joinKey) => {
-        const column = request.entities.get(joinKey.name);
-        if (!column)
-          throw invalidArgument(
-            'entities',
-            `missing join key "${joinKey.name}" of feature view "${current.name}"`,
-          );
-        return columnToKeyValues(`entities["${joinKey.name}"]`, joinKey.type, column);
-      });
+      const keyColumns = joinKeyColumns(current, request.entities);
       lookup.rowKeys = new Int32Array(rowCount);
       const parts: KeyValue[] = new Array(keyColumns.length);
       for (let row = 0; row < rowCount; row++) {
@@ -242,15 +244,7 @@ export class OnlineFeatureService {
       return Number(micros);
     });
 
-    const keyColumns = current.joinKeys.map((joinKey) => {
-      const column = request.entities.get(joinKey.name);
-      if (!column)
-        throw invalidArgument(
-          'entities',
-          `missing join key "${joinKey.name}" of feature view "${current.name}"`,
-        );
-      return columnToKeyValues(`entities["${joinKey.name}"]`, joinKey.type, column);
-    });
+    const keyColumns = joinKeyColumns(current, request.entities);
 
     const indexes = view.featureIndexes.get(current.version) as ReadonlyMap<string, number>;
     const columns = new Array<FeatureValue[] | undefined>(current.features.length);
