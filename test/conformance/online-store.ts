@@ -150,6 +150,27 @@ export function describeOnlineStoreConformance(name: string, createStore: Online
         );
       });
 
+      it('keeps the order of hundreds of writes to a few keys in one batch', async () => {
+        // Large enough that an implementation cutting batches into pieces must keep their order.
+        const latest = new Map<string, number>();
+        let written = 0;
+        const entries = Array.from({ length: 600 }, (_, index) => {
+          const key = `k${index % 3}`;
+          const time = index % 4 === 3 ? index - 5 : index; // every fourth write is older
+          const stored = latest.get(key);
+          if (stored === undefined || stored <= time) {
+            latest.set(key, time);
+            written++;
+          }
+          return entry(key, rowAt(time, `#${index}`));
+        });
+        expect(await store.writeMany(entries)).toEqual({ written, stale: entries.length - written });
+        const read = await store.readMany(['k0', 'k1', 'k2']);
+        expect(read.map((value) => (value === null ? null : Buffer.from(value).readBigInt64BE(0)))).toEqual(
+          ['k0', 'k1', 'k2'].map((key) => BigInt(latest.get(key) as number)),
+        );
+      });
+
       it('compares negative, pre-epoch and extreme event times as signed 64-bit integers', async () => {
         // Each step: (time, expected outcome). Byte-wise, -1 (0xff...) sorts after 1; it must not.
         const steps: [bigint, 'written' | 'stale'][] = [
