@@ -7,9 +7,8 @@
  * store, and divides the `used_memory` growth by N × 10. Variants: entity ids as strings
  * (`user_000123`), sequential int64 (7 digits) and snowflake-like int64 (19 digits), each without
  * and with a per-key expiry; the baseline is a plain msgpack blob of the 10 doubles under the bare
- * id (no prefix, no event time, no version), written with SET. The last rows are what-ifs that
- * FStore does not store today (a packed double block, an empty key prefix): they show what would
- * bring the figure under the target.
+ * id (no prefix, no event time, no version), written with SET. The last rows show the cost of
+ * the key prefix: the same store with FSTORE_REDIS_KEY_PREFIX=''.
  *
  * It uses database FSTORE_BENCH_REDIS_DB (default 15) of FSTORE_BENCH_REDIS_URL (default
  * redis://127.0.0.1:6391) and FLUSHes that database before each variant: it refuses to start if
@@ -123,36 +122,15 @@ async function sample(key: string): Promise<{ valueBytes: number; memoryUsage: n
   return { valueBytes, memoryUsage };
 }
 
-type RowEncoder = (eventTimeMicros: number, values: readonly number[]) => Uint8Array;
-const codecRow: RowEncoder = (eventTimeMicros, values) =>
-  encodeOnlineRow(1, eventTimeMicros, features, values);
-
-const whatIfPackr = new Packr({ useRecords: false });
-
-/**
- * What-if layout, NOT the codec's: the 10 doubles as one msgpack bin of 80 bytes (float64
- * big-endian) instead of 10 msgpack floats of 9 bytes, so a row is 92 bytes instead of 100 and its
- * string lands in jemalloc's 96-byte bin instead of the 112-byte one.
- */
-const packedRow: RowEncoder = (eventTimeMicros, values) => {
-  const block = Buffer.allocUnsafe(8 * values.length);
-  for (const [index, value] of values.entries()) block.writeDoubleBE(value, 8 * index);
-  const body = whatIfPackr.pack([1, block]);
-  const row = Buffer.allocUnsafe(8 + body.length);
-  row.writeBigInt64BE(BigInt(eventTimeMicros), 0);
-  body.copy(row, 8);
-  return row;
-};
 interface StoreVariant {
   readonly idKind: string;
   readonly withExpiry: boolean;
-  readonly encodeRow?: RowEncoder;
   readonly keyPrefix?: string;
   readonly label?: string;
 }
 
 async function measureStore(variant: StoreVariant): Promise<Measurement> {
-  const { idKind, withExpiry, encodeRow = codecRow, keyPrefix = defaultKeyPrefix } = variant;
+  const { idKind, withExpiry, keyPrefix = defaultKeyPrefix } = variant;
   const idOf = idKinds[idKind] as (index: number) => EntityId;
   const before = await freshDatabase();
   const othersBefore = await otherDatabases();
@@ -164,7 +142,7 @@ async function measureStore(variant: StoreVariant): Promise<Measurement> {
     for (let index = start; index < Math.min(start + batchSize, entityCount); index++) {
       entries.push({
         key: encodeOnlineKey(viewId, [idOf(index)]),
-        value: encodeRow((now - index) * 1000, randomValues()),
+        value: encodeOnlineRow(1, (now - index) * 1000, features, randomValues()),
         expireAtMs,
       });
     }
@@ -216,27 +194,16 @@ async function main(): Promise<void> {
   for (const idKind of Object.keys(idKinds)) {
     for (const withExpiry of [false, true]) results.push(await measureStore({ idKind, withExpiry }));
   }
-  // What-ifs for the ≤ 20 B/value target (not what FStore stores today).
-  const stringIds = 'string id user_000123';
   for (const withExpiry of [false, true]) {
     results.push(
       await measureStore({
-        idKind: stringIds,
+        idKind: 'string id user_000123',
         withExpiry,
-        encodeRow: packedRow,
-        label: 'what-if packed doubles',
+        keyPrefix: '',
+        label: "store, keyPrefix ''",
       }),
     );
   }
-  results.push(
-    await measureStore({
-      idKind: stringIds,
-      withExpiry: true,
-      encodeRow: packedRow,
-      keyPrefix: '',
-      label: "what-if packed doubles + keyPrefix ''",
-    }),
-  );
   await admin.flushdb('SYNC');
 
   const baseline = (results[0] as Measurement).bytes;

@@ -193,8 +193,9 @@ export class OnlineFeatureService {
             const index = view.featureIndexes.get(entry.version)?.get(feature.name);
             // A row written by a version that lacked the feature, or typed it differently (a forced
             // change), holds no usable value for it.
-            if (index !== undefined && view.versions.get(entry.version)?.features[index]?.type === type)
-              value = decodeStoredValue(type, entry, index);
+            const writer = view.versions.get(entry.version)?.features;
+            if (index !== undefined && writer?.[index]?.type === type)
+              value = decodeStoredValue(writer, entry, index);
           }
           const status = computeFeatureStatus(
             entry ? entry.eventTimeMicros : null,

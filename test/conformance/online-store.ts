@@ -103,7 +103,7 @@ export function describeOnlineStoreConformance(name: string, createStore: Online
         expect(decoded.eventTimeMicros).toBe(row.time);
         expect(decoded.version).toBe(2);
         expect(
-          features.map((definition, position) => decodeStoredValue(definition.type, decoded, position)),
+          features.map((definition, position) => decodeStoredValue(features, decoded, position)),
         ).toEqual(row.values);
       }
     });

@@ -29,7 +29,7 @@ function roundTrip(features: readonly FeatureDefinition[], values: readonly Feat
   return {
     row,
     decoded,
-    values: features.map((definition, index) => decodeStoredValue(definition.type, decoded, index)),
+    values: features.map((definition, index) => decodeStoredValue(features, decoded, index)),
   };
 }
 
@@ -83,8 +83,8 @@ describe('online codec: values', () => {
     expect(roundTrip([feature('double')], [Number.NaN]).values[0]).toBeNaN();
   });
 
-  it('reads a -0 double back as 0 (msgpack packs it as the integer 0)', () => {
-    expect(Object.is(roundTrip([feature('double')], [-0]).values[0], 0)).toBe(true);
+  it('keeps -0 for a packed double', () => {
+    expect(Object.is(roundTrip([feature('double')], [-0]).values[0], -0)).toBe(true);
   });
 
   it('returns int64 as bigint exactly beyond 2^53', () => {
@@ -92,20 +92,39 @@ describe('online codec: values', () => {
     expect(values[0]).toBe(2n ** 53n + 1n);
   });
 
-  it('keeps the writing version and reads a missing trailing value as null', () => {
-    const { decoded } = roundTrip([feature('double')], [2.5]);
+  it('keeps the writing version; an index beyond its features reads as null', () => {
+    const features = [feature('double')];
+    const { decoded } = roundTrip(features, [2.5]);
     expect(decoded.version).toBe(3);
-    // A reader on a newer version with one more feature: absent values read as null.
-    expect(decodeStoredValue('string', decoded, 1)).toBeNull();
+    expect(decodeStoredValue(features, decoded, 1)).toBeNull();
   });
 
-  it('packs a 10-double row in 8 + 2 + 10 x 9 bytes', () => {
+  it('packs the doubles of a row into one bin: 10 doubles in 8 + 1 + 1 + 2 + 80 bytes', () => {
     const features = Array.from({ length: 10 }, (_, index) => feature('double', `f${index}`));
-    const { row } = roundTrip(
+    const { row, values } = roundTrip(
       features,
       features.map((_, index) => index + 0.5),
     );
-    expect(row.byteLength).toBe(eventTimeBytes + 2 + 10 * 9);
+    // time, array header, version, bin8 header and length, 10 × 8 bytes
+    expect(row.byteLength).toBe(eventTimeBytes + 1 + 1 + 2 + 80);
+    expect(values).toEqual(features.map((_, index) => index + 0.5));
+  });
+
+  it('keeps null, NaN, infinities and -0 apart among packed doubles mixed with other types', () => {
+    const features = [
+      feature('double', 'a'),
+      feature('string', 'b'),
+      feature('double', 'c'),
+      feature('double', 'd'),
+    ];
+    const { values } = roundTrip(features, [null, 'x', Number.NaN, Number.NEGATIVE_INFINITY]);
+    expect(values).toEqual([null, 'x', Number.NaN, Number.NEGATIVE_INFINITY]);
+    expect(roundTrip(features, [-0, null, Number.MAX_VALUE, Number.MIN_VALUE]).values).toEqual([
+      -0,
+      null,
+      Number.MAX_VALUE,
+      Number.MIN_VALUE,
+    ]);
   });
 
   it('decodes rows that sit at an odd offset of a larger buffer', () => {
@@ -116,7 +135,7 @@ describe('online codec: values', () => {
     const view = shifted.subarray(3);
     const decoded = decodeOnlineRow(view);
     expect(readEventTime(view)).toBe(5);
-    expect(decodeStoredValue('float_list', decoded, 0)).toEqual([1, 2, 3]);
+    expect(decodeStoredValue(features, decoded, 0)).toEqual([1, 2, 3]);
   });
 });
 
