@@ -1,8 +1,9 @@
-import type { MessageInitShape } from '@bufbuild/protobuf';
-import { type FeatureColumnSchema, FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
+import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import type { OnlineFeatureService } from '../serving/online-features.js';
+import { encodeOnlineResponse } from './online-response-encoder.js';
 import type { UnaryHandlers } from './server.js';
-import { columnFromVector, columnsFromVectorMap, featureStatusToProto, vectorFromValues } from './vectors.js';
+import { EncodedMessage } from './service-definition.js';
+import { columnFromVector, columnsFromVectorMap } from './vectors.js';
 
 /** FeatureService over the online serving core: protobuf in, domain call, protobuf out. */
 export function createFeatureServiceHandlers(
@@ -19,17 +20,7 @@ export function createFeatureServiceHandlers(
         },
         signal,
       );
-      return {
-        requestTime: BigInt(result.requestTimeMicros),
-        features: result.columns.map(
-          (column): MessageInitShape<typeof FeatureColumnSchema> => ({
-            name: column.reference,
-            values: vectorFromValues(column.type, column.values),
-            statuses: column.statuses.map(featureStatusToProto),
-            eventTimestamps: column.eventTimes.map((micros) => BigInt(micros)),
-          }),
-        ),
-      };
+      return new EncodedMessage(encodeOnlineResponse(result));
     },
 
     async writeOnlineFeatures(request, { signal }) {

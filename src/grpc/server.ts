@@ -18,7 +18,7 @@ import {
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import { FStoreError } from '../domain/errors.js';
-import { createGrpcServiceDefinition, type ServiceMethods } from './service-definition.js';
+import { createGrpcServiceDefinition, EncodedMessage, type ServiceMethods } from './service-definition.js';
 import { toServiceError } from './status.js';
 
 export interface CallContext {
@@ -35,7 +35,7 @@ export type UnaryHandlers<S> = {
     input: infer I extends Schema;
     output: infer O extends Schema;
   }
-    ? (request: MessageShape<I>, context: CallContext) => Promise<MessageInitShape<O>>
+    ? (request: MessageShape<I>, context: CallContext) => Promise<MessageInitShape<O> | EncodedMessage>
     : never;
 };
 
@@ -96,7 +96,12 @@ export function createUnaryImplementation<S extends DescService>(
       handler(call.request, { signal, metadata: call.metadata }).then(
         (response) => {
           release();
-          callback(null, create(method.output, response as MessageInitShape<typeof method.output>));
+          callback(
+            null,
+            response instanceof EncodedMessage
+              ? response
+              : create(method.output, response as MessageInitShape<typeof method.output>),
+          );
         },
         (reason: unknown) => {
           release();

@@ -1,7 +1,7 @@
 import { type Column, columnToFeatureValues, columnToKeyValues, zeroValue } from '../domain/columns.js';
 import { FStoreError, invalidArgument } from '../domain/errors.js';
 import { computeFeatureStatus, type FeatureStatus, onlineExpiryMs } from '../domain/feature-status.js';
-import type { FeatureValue, FeatureView, KeyValue, ValueType } from '../domain/model.js';
+import type { FeatureDefinition, FeatureValue, FeatureView, KeyValue, ValueType } from '../domain/model.js';
 import {
   type DecodedOnlineRow,
   decodeOnlineRow,
@@ -38,8 +38,8 @@ export interface OnlineFeatureColumn {
   /** The type's zero value where the status is not 'present'. */
   readonly values: FeatureValue[];
   readonly statuses: FeatureStatus[];
-  /** Microseconds since the epoch; 0 where not found. */
-  readonly eventTimes: number[];
+  /** Microseconds since the epoch; 0 where not found. The same array for every column of a view. */
+  readonly eventTimes: readonly number[];
 }
 
 export interface OnlineReadResult {
@@ -178,6 +178,13 @@ export class OnlineFeatureService {
     for (const lookup of lookups.values()) {
       const { view } = lookup;
       const ttlMs = view.current.ttlMs;
+      const rows = new Array<DecodedOnlineRow | null>(rowCount);
+      const eventTimes = new Array<number>(rowCount); // shared by the view's columns
+      for (let row = 0; row < rowCount; row++) {
+        const entry = decoded[lookup.rowKeys[row] as number] ?? null;
+        rows[row] = entry;
+        eventTimes[row] = entry ? entry.eventTimeMicros : 0;
+      }
       for (const feature of lookup.features) {
         const type = view.current.features[
           view.featureIndexes.get(view.current.version)?.get(feature.name) as number
@@ -185,17 +192,24 @@ export class OnlineFeatureService {
         const zero = zeroValue(type);
         const values = new Array<FeatureValue>(rowCount);
         const statuses = new Array<FeatureStatus>(rowCount);
-        const eventTimes = new Array<number>(rowCount);
+        // Where the feature sits in the writing version's rows; almost every row shares one version.
+        let cachedVersion = -1;
+        let writer: readonly FeatureDefinition[] | undefined;
+        let index: number | undefined;
         for (let row = 0; row < rowCount; row++) {
-          const entry = decoded[lookup.rowKeys[row] as number] ?? null;
+          const entry = rows[row] as DecodedOnlineRow | null;
           let value: FeatureValue = null;
           if (entry) {
-            const index = view.featureIndexes.get(entry.version)?.get(feature.name);
-            // A row written by a version that lacked the feature, or typed it differently (a forced
-            // change), holds no usable value for it.
-            const writer = view.versions.get(entry.version)?.features;
-            if (index !== undefined && writer?.[index]?.type === type)
-              value = decodeStoredValue(writer, entry, index);
+            if (entry.version !== cachedVersion) {
+              cachedVersion = entry.version;
+              writer = view.versions.get(entry.version)?.features;
+              index = view.featureIndexes.get(entry.version)?.get(feature.name);
+              // A version that lacked the feature, or typed it differently (a forced change), holds
+              // no usable value for it.
+              if (index !== undefined && writer?.[index]?.type !== type) index = undefined;
+            }
+            if (index !== undefined)
+              value = decodeStoredValue(writer as readonly FeatureDefinition[], entry, index);
           }
           const status = computeFeatureStatus(
             entry ? entry.eventTimeMicros : null,
@@ -205,7 +219,6 @@ export class OnlineFeatureService {
           );
           statuses[row] = status;
           values[row] = status === 'present' ? value : zero;
-          eventTimes[row] = entry ? entry.eventTimeMicros : 0;
         }
         columns[feature.output] = { reference: feature.reference, type, values, statuses, eventTimes };
       }
