@@ -193,6 +193,29 @@ export function decodeOnlineRow(row: Uint8Array): DecodedOnlineRow {
 }
 
 /**
+ * Where feature `index` of `features` sits in the rows that version wrote (see RowLayout); -0x7fffffff
+ * when the index is beyond them. Resolve once per version, then `decodeSlot` per row.
+ */
+export function featureSlot(features: readonly FeatureDefinition[], index: number): number {
+  return layoutOf(features).slots[index] ?? missingSlot;
+}
+
+const missingSlot = -0x7fff_ffff;
+
+/** The value of type `type` at `slot` of a decoded row, or null. */
+export function decodeSlot(type: ValueType, row: DecodedOnlineRow, slot: number): FeatureValue {
+  if (slot < 0) {
+    const offset = -(slot + 1) * 8;
+    const packed = row.packed;
+    if (slot === missingSlot || !packed || offset + 8 > packed.byteLength) return null;
+    if (packed.getUint32(offset + 4, true) === nullHigh && packed.getUint32(offset, true) === nullLow)
+      return null;
+    return packed.getFloat64(offset, true);
+  }
+  return fromStoredValue(type, row.body[slot]);
+}
+
+/**
  * The value at `index` of `features` — the feature list of the version that wrote the row
  * (`row.version`) — or null.
  */
@@ -201,15 +224,6 @@ export function decodeStoredValue(
   row: DecodedOnlineRow,
   index: number,
 ): FeatureValue {
-  const slot = layoutOf(features).slots[index];
-  if (slot === undefined) return null;
-  if (slot < 0) {
-    const offset = -(slot + 1) * 8;
-    const packed = row.packed;
-    if (!packed || offset + 8 > packed.byteLength) return null;
-    if (packed.getUint32(offset + 4, true) === nullHigh && packed.getUint32(offset, true) === nullLow)
-      return null;
-    return packed.getFloat64(offset, true);
-  }
-  return fromStoredValue((features[index] as FeatureDefinition).type, row.body[slot]);
+  const feature = features[index];
+  return feature ? decodeSlot(feature.type, row, featureSlot(features, index)) : null;
 }

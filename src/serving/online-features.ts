@@ -1,13 +1,14 @@
 import { type Column, columnToFeatureValues, columnToKeyValues, zeroValue } from '../domain/columns.js';
 import { FStoreError, invalidArgument } from '../domain/errors.js';
 import { computeFeatureStatus, type FeatureStatus, onlineExpiryMs } from '../domain/feature-status.js';
-import type { FeatureDefinition, FeatureValue, FeatureView, KeyValue, ValueType } from '../domain/model.js';
+import type { FeatureValue, FeatureView, KeyValue, ValueType } from '../domain/model.js';
 import {
   type DecodedOnlineRow,
   decodeOnlineRow,
-  decodeStoredValue,
+  decodeSlot,
   encodeOnlineKey,
   encodeOnlineRow,
+  featureSlot,
 } from '../domain/online-codec.js';
 import { parseFeatureReference } from '../domain/registry-rules.js';
 import type { OnlineEntry, OnlineStore } from '../ports/online-store.js';
@@ -177,13 +178,20 @@ export class OnlineFeatureService {
     const columns = new Array<OnlineFeatureColumn>(references.length);
     for (const lookup of lookups.values()) {
       const { view } = lookup;
-      const ttlMs = view.current.ttlMs;
       const rows = new Array<DecodedOnlineRow | null>(rowCount);
       const eventTimes = new Array<number>(rowCount); // shared by the view's columns
+      // The row's status before looking at any one value: not found, aged out, or fresh.
+      const rowStatuses = new Array<FeatureStatus>(rowCount);
       for (let row = 0; row < rowCount; row++) {
         const entry = decoded[lookup.rowKeys[row] as number] ?? null;
         rows[row] = entry;
         eventTimes[row] = entry ? entry.eventTimeMicros : 0;
+        rowStatuses[row] = computeFeatureStatus(
+          entry?.eventTimeMicros ?? null,
+          false,
+          view.current.ttlMs,
+          requestTimeMicros,
+        );
       }
       for (const feature of lookup.features) {
         const type = view.current.features[
@@ -194,36 +202,38 @@ export class OnlineFeatureService {
         const statuses = new Array<FeatureStatus>(rowCount);
         // Where the feature sits in the writing version's rows; almost every row shares one version.
         let cachedVersion = -1;
-        let writer: readonly FeatureDefinition[] | undefined;
-        let index: number | undefined;
+        let slot: number | undefined;
         for (let row = 0; row < rowCount; row++) {
+          const status = rowStatuses[row] as FeatureStatus;
           const entry = rows[row] as DecodedOnlineRow | null;
-          let value: FeatureValue = null;
-          if (entry) {
-            if (entry.version !== cachedVersion) {
-              cachedVersion = entry.version;
-              writer = view.versions.get(entry.version)?.features;
-              index = view.featureIndexes.get(entry.version)?.get(feature.name);
-              // A version that lacked the feature, or typed it differently (a forced change), holds
-              // no usable value for it.
-              if (index !== undefined && writer?.[index]?.type !== type) index = undefined;
-            }
-            if (index !== undefined)
-              value = decodeStoredValue(writer as readonly FeatureDefinition[], entry, index);
+          if (status !== 'present' || !entry) {
+            statuses[row] = status;
+            values[row] = zero;
+            continue;
           }
-          const status = computeFeatureStatus(
-            entry ? entry.eventTimeMicros : null,
-            value === null,
-            ttlMs,
-            requestTimeMicros,
-          );
-          statuses[row] = status;
-          values[row] = status === 'present' ? value : zero;
+          if (entry.version !== cachedVersion) {
+            cachedVersion = entry.version;
+            slot = this.#slotOf(view, entry.version, feature.name, type);
+          }
+          const value = slot === undefined ? null : decodeSlot(type, entry, slot);
+          statuses[row] = value === null ? 'null_value' : 'present';
+          values[row] = value ?? zero;
         }
         columns[feature.output] = { reference: feature.reference, type, values, statuses, eventTimes };
       }
     }
     return { columns, requestTimeMicros };
+  }
+
+  /**
+   * The slot of a feature in rows written by `version`; undefined when that version lacked the
+   * feature or typed it differently (a forced change): such rows hold no usable value for it.
+   */
+  #slotOf(view: ServedView, version: number, name: string, type: ValueType): number | undefined {
+    const index = view.featureIndexes.get(version)?.get(name);
+    const writer = view.versions.get(version)?.features;
+    if (index === undefined || !writer || writer[index]?.type !== type) return undefined;
+    return featureSlot(writer, index);
   }
 
   async write(

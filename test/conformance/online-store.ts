@@ -102,9 +102,9 @@ export function describeOnlineStoreConformance(name: string, createStore: Online
         const decoded = decodeOnlineRow(value as Uint8Array);
         expect(decoded.eventTimeMicros).toBe(row.time);
         expect(decoded.version).toBe(2);
-        expect(
-          features.map((definition, position) => decodeStoredValue(features, decoded, position)),
-        ).toEqual(row.values);
+        expect(features.map((_, position) => decodeStoredValue(features, decoded, position))).toEqual(
+          row.values,
+        );
       }
     });
 

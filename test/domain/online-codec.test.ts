@@ -29,7 +29,7 @@ function roundTrip(features: readonly FeatureDefinition[], values: readonly Feat
   return {
     row,
     decoded,
-    values: features.map((definition, index) => decodeStoredValue(features, decoded, index)),
+    values: features.map((_, index) => decodeStoredValue(features, decoded, index)),
   };
 }
 

@@ -1,7 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ValueType } from '../../gen/fstore/v1/values_pb.js';
 import { randomName } from '../support/environment.js';
-import { applyFixtures, doubles, failureOf, int64s, nowMicros, strings, valuesOf } from '../support/fixtures.js';
+import {
+  applyFixtures,
+  doubles,
+  failureOf,
+  int64s,
+  nowMicros,
+  strings,
+  valuesOf,
+} from '../support/fixtures.js';
 import { startTestServer, type TestServer } from '../support/serving-harness.js';
 import { startThrowawayPostgres, type ThrowawayPostgres } from '../support/throwaway-postgres.js';
 
@@ -19,7 +27,11 @@ describe('registry database outage', () => {
 
   beforeAll(async () => {
     postgres = await startThrowawayPostgres();
-    server = await startTestServer('memory', { postgresUrl: postgres.connectionString }, { keepSchema: true });
+    server = await startTestServer(
+      'memory',
+      { postgresUrl: postgres.connectionString },
+      { keepSchema: true },
+    );
     await applyFixtures(server.registry, project);
     await server.features.writeOnlineFeatures({
       project,
@@ -54,7 +66,12 @@ describe('registry database outage', () => {
     }
     await server.registry.applyFeatureView({
       project,
-      featureView: { name: 'after_outage', entities: ['user'], online: true, features: [{ name: 'f', type: ValueType.DOUBLE }] },
+      featureView: {
+        name: 'after_outage',
+        entities: ['user'],
+        online: true,
+        features: [{ name: 'f', type: ValueType.DOUBLE }],
+      },
     });
     const response = await server.features.getOnlineFeatures({
       project,
