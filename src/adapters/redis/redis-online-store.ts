@@ -63,9 +63,6 @@ function createClient(options: ResolvedRedisOnlineStoreOptions): Client {
       ...connectionOptions,
       // Without a connection, reject at once instead of queueing without bound.
       enableOfflineQueue: false,
-      // Commands of concurrent calls issued in one tick share a socket write: system calls are
-      // dear (a loopback write measured 100-180 µs in server profiles, bench/RESULTS.md).
-      enableAutoPipelining: true,
       retryStrategy: (attempt) => reconnectDelay(attempt, options.maxReconnectDelayMs),
     });
   }
