@@ -20,7 +20,7 @@ const scalar: Record<string, fc.Arbitrary<FeatureValue>> = {
   timestamp: fc.integer({ min: -(2 ** 40), max: 2 ** 52 }),
 };
 
-const valueOf = (type: ValueType): fc.Arbitrary<FeatureValue> => {
+const arbitraryValue = (type: ValueType): fc.Arbitrary<FeatureValue> => {
   if (type.endsWith('_list')) {
     const element = scalar[type.slice(0, -'_list'.length)] as fc.Arbitrary<FeatureValue>;
     return fc.array(element, { maxLength: 4 }) as fc.Arbitrary<FeatureValue>;
@@ -46,7 +46,10 @@ const result = fc.integer({ min: 1, max: 20 }).chain((rows) =>
         .tuple(
           ...types.map((type, index) =>
             fc.record({
-              values: fc.array(fc.option(valueOf(type), { nil: null }), { minLength: rows, maxLength: rows }),
+              values: fc.array(fc.option(arbitraryValue(type), { nil: null }), {
+                minLength: rows,
+                maxLength: rows,
+              }),
               statuses: fc.array(fc.constantFrom(...statuses), { minLength: rows, maxLength: rows }),
               view: fc.constant(views[index % views.length] as number[]),
               type: fc.constant(type),
