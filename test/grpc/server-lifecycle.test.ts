@@ -159,4 +159,55 @@ describe('serving process lifecycle', () => {
       await other.stop();
     }
   });
+
+  it('cuts calls still running when the drain time is over', async () => {
+    const other = await startTestServer('redis', {
+      redisUrl: redis.url,
+      shutdownGraceMs: 300,
+      redisCommandTimeoutMs: 5_000,
+    });
+    try {
+      await applyFixtures(other.registry, project);
+      await redis.command('CLIENT', 'PAUSE', '2000', 'ALL');
+      const stuck = failureOf(
+        other.features.getOnlineFeatures(
+          {
+            project,
+            features: ['pair_stats:amount'],
+            entities: { user_id: strings('a'), merchant_id: int64s(1) },
+          },
+          { timeoutMs: 10_000 },
+        ),
+      );
+      await sleep(100);
+      const started = Date.now();
+      const stopping = other.stop();
+      const failure = await stuck;
+      // Cut once the 300 ms drain time is over, not when Redis answers (the pause lasts 2 s).
+      expect(Date.now() - started).toBeLessThan(1_500);
+      expect(failure.code).toBe('cancelled');
+      await stopping;
+    } finally {
+      await other.stop();
+      await sleep(1_000); // let the pause end before the next test
+    }
+  });
+
+  it('refuses a request larger than the maximum message size with RESOURCE_EXHAUSTED', async () => {
+    const small = await startTestServer('memory', { maxMessageBytes: 1024 });
+    try {
+      const ids = Array.from({ length: 200 }, (_, index) => `a_rather_long_user_id_${index}`);
+      expect(
+        await failureOf(
+          small.features.getOnlineFeatures({
+            project,
+            features: ['pair_stats:amount'],
+            entities: { user_id: strings(...ids) },
+          }),
+        ),
+      ).toMatchObject({ code: 'resource_exhausted' });
+    } finally {
+      await small.stop();
+    }
+  });
 });
