@@ -9,7 +9,7 @@ import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
 import { FeatureStatus } from '../../gen/fstore/v1/values_pb.js';
 import { createUnaryClient } from '../../src/grpc/client.js';
 import { randomName, requireEnvironment } from '../support/environment.js';
-import { applyFixtures, doubles, int64s, nowMicros, strings, valuesOf } from '../support/fixtures.js';
+import { applyFixtures, int64s, strings, valuesOf, writePairAmount } from '../support/fixtures.js';
 import { checkHealth } from '../support/grpc-probes.js';
 import { dropSchema } from '../support/serving-harness.js';
 
@@ -98,13 +98,7 @@ describe('fstore serve', () => {
     const features = createUnaryClient(FeatureService, address);
     const project = randomName('p');
     await applyFixtures(registry, project);
-    await features.writeOnlineFeatures({
-      project,
-      featureView: 'pair_stats',
-      entities: { user_id: strings('c1'), merchant_id: int64s(3) },
-      eventTimestamps: [BigInt(nowMicros())],
-      features: [{ name: 'amount', values: doubles(8) }],
-    });
+    await writePairAmount(features, project, 'c1', 3, 8);
     // A fresh connection may land on the other process: its registry cache must be current too.
     for (let attempt = 0; attempt < 6; attempt++) {
       const client = createUnaryClient(FeatureService, address, {
@@ -143,13 +137,7 @@ describe('fstore serve', () => {
     const features = createUnaryClient(FeatureService, address);
     const project = randomName('p');
     await applyFixtures(registry, project);
-    await features.writeOnlineFeatures({
-      project,
-      featureView: 'pair_stats',
-      entities: { user_id: strings('e1'), merchant_id: int64s(1) },
-      eventTimestamps: [BigInt(nowMicros())],
-      features: [{ name: 'amount', values: doubles(2) }],
-    });
+    await writePairAmount(features, project, 'e1', 1, 2);
     const response = await features.getOnlineFeatures({
       project,
       features: ['pair_stats:amount'],

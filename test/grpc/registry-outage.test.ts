@@ -1,15 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ValueType } from '../../gen/fstore/v1/values_pb.js';
 import { randomName } from '../support/environment.js';
-import {
-  applyFixtures,
-  doubles,
-  failureOf,
-  int64s,
-  nowMicros,
-  strings,
-  valuesOf,
-} from '../support/fixtures.js';
+import { applyFixtures, failureOf, int64s, strings, valuesOf, writePairAmount } from '../support/fixtures.js';
 import { startTestServer, type TestServer } from '../support/serving-harness.js';
 import { startThrowawayPostgres, type ThrowawayPostgres } from '../support/throwaway-postgres.js';
 
@@ -33,13 +25,7 @@ describe('registry database outage', () => {
       { keepSchema: true },
     );
     await applyFixtures(server.registry, project);
-    await server.features.writeOnlineFeatures({
-      project,
-      featureView: 'pair_stats',
-      entities: { user_id: strings('a'), merchant_id: int64s(1) },
-      eventTimestamps: [BigInt(nowMicros())],
-      features: [{ name: 'amount', values: doubles(6) }],
-    });
+    await writePairAmount(server.features, project, 'a', 1, 6);
   });
   afterAll(async () => {
     await server?.stop();

@@ -3,15 +3,7 @@ import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import { FeatureStatus } from '../../gen/fstore/v1/values_pb.js';
 import { createUnaryClient } from '../../src/grpc/client.js';
 import { randomName } from '../support/environment.js';
-import {
-  applyFixtures,
-  doubles,
-  failureOf,
-  int64s,
-  nowMicros,
-  strings,
-  valuesOf,
-} from '../support/fixtures.js';
+import { applyFixtures, failureOf, int64s, strings, valuesOf, writePairAmount } from '../support/fixtures.js';
 import { checkHealth, reflect } from '../support/grpc-probes.js';
 import { startTestServer, type TestServer } from '../support/serving-harness.js';
 import { startThrowawayRedis, type ThrowawayRedis } from '../support/throwaway-redis.js';
@@ -52,13 +44,7 @@ describe('serving process lifecycle', () => {
     redis = await startThrowawayRedis();
     server = await startTestServer('redis', { redisUrl: redis.url });
     await applyFixtures(server.registry, project);
-    await server.features.writeOnlineFeatures({
-      project,
-      featureView: 'pair_stats',
-      entities: { user_id: strings('a'), merchant_id: int64s(1) },
-      eventTimestamps: [BigInt(nowMicros())],
-      features: [{ name: 'amount', values: doubles(9.5) }],
-    });
+    await writePairAmount(server.features, project, 'a', 1, 9.5);
   });
   afterAll(async () => {
     await server?.stop();

@@ -1,4 +1,5 @@
 import type { MessageInitShape } from '@bufbuild/protobuf';
+import type { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import type { FeatureViewSchema, RegistryService } from '../../gen/fstore/v1/registry_pb.js';
 import { type EntitySchema, FeatureViewSource } from '../../gen/fstore/v1/registry_pb.js';
 import { ValueType, type VectorSchema } from '../../gen/fstore/v1/values_pb.js';
@@ -91,6 +92,23 @@ export async function applyFixtures(
   await registry.applyFeatureView({ project, featureView: userStatsView });
   await registry.applyFeatureView({ project, featureView: pairStatsView });
   await registry.applyFeatureView({ project, featureView: offlineOnlyView });
+}
+
+/** Writes one pair_stats row (user_id, merchant_id) → amount, timed now. */
+export function writePairAmount(
+  features: UnaryClient<typeof FeatureService>,
+  project: string,
+  userId: string,
+  merchantId: number,
+  amount: number,
+) {
+  return features.writeOnlineFeatures({
+    project,
+    featureView: 'pair_stats',
+    entities: { user_id: strings(userId), merchant_id: int64s(merchantId) },
+    eventTimestamps: [BigInt(nowMicros())],
+    features: [{ name: 'amount', values: doubles(amount) }],
+  });
 }
 
 /** Rejections of the typed client are FStoreErrors; this reads their code and message. */
