@@ -18,7 +18,7 @@ import type { MessageInitShape } from '@bufbuild/protobuf';
 import { FeatureService } from '../gen/fstore/v1/feature_service_pb.js';
 import { type FeatureViewSchema, FeatureViewSource, RegistryService } from '../gen/fstore/v1/registry_pb.js';
 import { ValueType } from '../gen/fstore/v1/values_pb.js';
-import { createUnaryClient } from '../src/grpc/client.js';
+import { createClient } from '../src/grpc/client.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -67,8 +67,8 @@ function viewDefinition(name: string, featureCount: number): MessageInitShape<ty
   };
 }
 
-const registry = createUnaryClient(RegistryService, address);
-const features = createUnaryClient(FeatureService, address);
+const registry = createClient(RegistryService, address);
+const features = createClient(FeatureService, address);
 
 async function writeView(
   view: string,

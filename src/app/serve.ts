@@ -1,14 +1,16 @@
 import type { Logger } from 'pino';
 import { createMemoryOnlineStore } from '../adapters/memory/memory-online-store.js';
 import { startEmbeddedPostgres } from '../adapters/postgres/embedded.js';
+import { createPostgresOfflineStore } from '../adapters/postgres/offline/postgres-offline-store.js';
 import { createPostgresRegistry } from '../adapters/postgres/postgres-registry.js';
 import { createRedisOnlineStore } from '../adapters/redis/redis-online-store.js';
 import type { Config } from '../config/config.js';
 import { createFeatureServiceHandlers, FeatureService } from '../grpc/feature-service.js';
 import { createRegistryServiceHandlers, RegistryService } from '../grpc/registry-service.js';
-import { createUnaryImplementation, startGrpcServer } from '../grpc/server.js';
+import { createServiceImplementation, startGrpcServer } from '../grpc/server.js';
 import type { OnlineStore } from '../ports/online-store.js';
 import type { Registry } from '../ports/registry.js';
+import { IngestService } from '../serving/ingest.js';
 import { OnlineFeatureService } from '../serving/online-features.js';
 import { RegistryCache } from '../serving/registry-cache.js';
 
@@ -17,8 +19,8 @@ import { RegistryCache } from '../serving/registry-cache.js';
  * What runs where:
  *  - online store: Redis (FSTORE_REDIS_URL), Redis Cluster (FSTORE_REDIS_CLUSTER_NODES), or, with
  *    neither, an in-process store (lost at exit, one process only);
- *  - registry: PostgreSQL (FSTORE_POSTGRES_URL) or, without it, an embedded PostgreSQL server
- *    started as a child process with its data in FSTORE_EMBEDDED_POSTGRES_DIR.
+ *  - registry and offline store: PostgreSQL (FSTORE_POSTGRES_URL) or, without it, an embedded
+ *    PostgreSQL server started as a child process with its data in FSTORE_EMBEDDED_POSTGRES_DIR.
  */
 
 export interface Serving {
@@ -88,10 +90,15 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
   const cache = new RegistryCache(registry, logger);
   await cache.start();
 
+  const offline = await createPostgresOfflineStore({
+    connectionString: postgres.url,
+    schema: config.postgresSchema,
+  });
   const online = new OnlineFeatureService(cache, store, {
     maxBatchRows: config.maxBatchRows,
     onlineExpiryGraceMs: config.onlineExpiryGraceMs,
   });
+  const ingest = new IngestService(cache, offline, { maxBatchRows: config.maxBatchRows });
   const server = await startGrpcServer(
     {
       host: config.grpcHost,
@@ -103,15 +110,15 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
     [
       {
         service: FeatureService,
-        implementation: createUnaryImplementation(
+        implementation: createServiceImplementation(
           FeatureService,
-          createFeatureServiceHandlers(online),
+          createFeatureServiceHandlers(online, ingest),
           logger,
         ),
       },
       {
         service: RegistryService,
-        implementation: createUnaryImplementation(
+        implementation: createServiceImplementation(
           RegistryService,
           createRegistryServiceHandlers(registry, () => cache.refresh()),
           logger,
@@ -152,7 +159,7 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
       clearInterval(healthTimer);
       await server.shutdown();
       await cache.stop();
-      await Promise.allSettled([store.close(), registry.close()]);
+      await Promise.allSettled([store.close(), offline.close(), registry.close()]);
       await postgres.stop();
     },
   };

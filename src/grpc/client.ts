@@ -1,3 +1,4 @@
+import { once } from 'node:events';
 import { create, type DescService, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import {
   type ChannelCredentials,
@@ -7,7 +8,7 @@ import {
   Metadata,
   type ServiceError,
 } from '@grpc/grpc-js';
-import type { FStoreError } from '../domain/errors.js';
+import { FStoreError } from '../domain/errors.js';
 import { createGrpcServiceDefinition, type ServiceMethods } from './service-definition.js';
 import { fromServiceError } from './status.js';
 
@@ -20,16 +21,28 @@ export interface CallOptions {
 }
 
 /**
- * A promise-based client of a generated service's unary methods, driven by the same descriptor
- * as the server. Failures reject with an FStoreError whose code is the gRPC status by name.
+ * A promise-based client of a generated service's unary and client-streaming methods, driven by
+ * the same descriptor as the server. A client-streaming method takes an (async) iterable of
+ * requests and writes them as the connection's flow control allows. Failures reject with an
+ * FStoreError whose code is the gRPC status by name.
  */
-export type UnaryClient<S> = {
+export type ServiceClient<S> = {
   [K in keyof ServiceMethods<S>]: ServiceMethods<S>[K] extends {
+    methodKind: 'unary';
     input: infer I extends Schema;
     output: infer O extends Schema;
   }
     ? (request: MessageInitShape<I>, options?: CallOptions) => Promise<MessageShape<O>>
-    : never;
+    : ServiceMethods<S>[K] extends {
+          methodKind: 'client_streaming';
+          input: infer I extends Schema;
+          output: infer O extends Schema;
+        }
+      ? (
+          requests: Iterable<MessageInitShape<I>> | AsyncIterable<MessageInitShape<I>>,
+          options?: CallOptions,
+        ) => Promise<MessageShape<O>>
+      : never;
 } & { close(): void };
 
 export interface ClientOptions {
@@ -37,33 +50,66 @@ export interface ClientOptions {
   readonly channelOptions?: ChannelOptions;
 }
 
-export function createUnaryClient<S extends DescService>(
+export function createClient<S extends DescService>(
   service: S,
   address: string,
   options: ClientOptions = {},
-): UnaryClient<S> {
+): ServiceClient<S> {
   const definition = createGrpcServiceDefinition(service);
   const client = new Client(address, options.credentials ?? grpcCredentials.createInsecure(), {
     'grpc.max_receive_message_length': 64 * 1024 * 1024,
     ...options.channelOptions,
   });
   const methods: Record<string, unknown> = { close: () => client.close() };
+  const callOptionsOf = (options: CallOptions) =>
+    options.timeoutMs === undefined ? {} : { deadline: Date.now() + options.timeoutMs };
   for (const method of service.methods) {
     const methodDefinition = definition[method.localName];
-    if (!methodDefinition || method.methodKind !== 'unary') continue;
-    methods[method.localName] = (request: MessageInitShape<Schema>, callOptions: CallOptions = {}) =>
-      new Promise<unknown>((resolve, reject: (error: FStoreError) => void) => {
-        client.makeUnaryRequest(
-          methodDefinition.path,
-          methodDefinition.requestSerialize,
-          methodDefinition.responseDeserialize,
-          create(method.input, request),
-          callOptions.metadata ?? new Metadata(),
-          callOptions.timeoutMs === undefined ? {} : { deadline: Date.now() + callOptions.timeoutMs },
-          (error: ServiceError | null, response?: unknown) =>
-            error ? reject(fromServiceError(error)) : resolve(response),
-        );
-      });
+    if (!methodDefinition) continue;
+    const { path, requestSerialize, responseDeserialize } = methodDefinition;
+    if (method.methodKind === 'unary') {
+      methods[method.localName] = (request: MessageInitShape<Schema>, options: CallOptions = {}) =>
+        new Promise<unknown>((resolve, reject: (error: FStoreError) => void) => {
+          client.makeUnaryRequest(
+            path,
+            requestSerialize,
+            responseDeserialize,
+            create(method.input, request),
+            options.metadata ?? new Metadata(),
+            callOptionsOf(options),
+            (error: ServiceError | null, response?: unknown) =>
+              error ? reject(fromServiceError(error)) : resolve(response),
+          );
+        });
+    } else if (method.methodKind === 'client_streaming') {
+      methods[method.localName] = (
+        requests: Iterable<MessageInitShape<Schema>> | AsyncIterable<MessageInitShape<Schema>>,
+        options: CallOptions = {},
+      ) =>
+        new Promise<unknown>((resolve, reject: (error: FStoreError) => void) => {
+          const call = client.makeClientStreamRequest(
+            path,
+            requestSerialize,
+            responseDeserialize,
+            options.metadata ?? new Metadata(),
+            callOptionsOf(options),
+            (error: ServiceError | null, response?: unknown) =>
+              error ? reject(fromServiceError(error)) : resolve(response),
+          );
+          (async () => {
+            for await (const request of requests) {
+              if (call.destroyed || call.writableEnded) return;
+              // Backpressure: wait for the stream to drain instead of buffering the whole input.
+              if (!call.write(create(method.input, request))) await once(call, 'drain');
+            }
+            call.end();
+          })().catch((error: unknown) => {
+            // The caller's input failed: give up the call (the server rolls back) and say why.
+            call.cancel();
+            reject(FStoreError.from(error, 'cancelled'));
+          });
+        });
+    }
   }
-  return methods as UnaryClient<S>;
+  return methods as ServiceClient<S>;
 }

@@ -1,14 +1,43 @@
-import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
+import { FeatureService, type IngestFeaturesRequest } from '../../gen/fstore/v1/feature_service_pb.js';
+import type { IngestMessage, IngestService } from '../serving/ingest.js';
 import type { OnlineFeatureService } from '../serving/online-features.js';
 import { encodeOnlineResponse } from './online-response-encoder.js';
-import type { UnaryHandlers } from './server.js';
+import type { ServiceHandlers } from './server.js';
 import { EncodedMessage } from './service-definition.js';
 import { columnFromVector, columnsFromVectorMap } from './vectors.js';
 
-/** FeatureService over the online serving core: protobuf in, domain call, protobuf out. */
+/** An ingest stream's protobuf messages as the domain's. */
+async function* ingestMessages(
+  requests: AsyncIterable<IngestFeaturesRequest>,
+): AsyncGenerator<IngestMessage> {
+  for await (const request of requests) {
+    const message = request.message;
+    if (message.case === 'header')
+      yield { kind: 'header', project: message.value.project, featureView: message.value.featureView };
+    else if (message.case === 'rows')
+      yield {
+        kind: 'rows',
+        rows: {
+          entities: columnsFromVectorMap(message.value.entities),
+          features: message.value.features.map((feature) => ({
+            name: feature.name,
+            values: columnFromVector(feature.values),
+            nullRows: feature.nullRows,
+          })),
+          eventTimes: message.value.eventTimestamps,
+          createdTimes: message.value.createdTimestamps,
+        },
+      };
+    else if (message.case === 'end') yield { kind: 'end', rowCount: message.value.rowCount };
+    else yield { kind: 'empty' };
+  }
+}
+
+/** FeatureService over the serving core: protobuf in, domain call, protobuf out. */
 export function createFeatureServiceHandlers(
   online: OnlineFeatureService,
-): UnaryHandlers<typeof FeatureService> {
+  ingest: IngestService,
+): ServiceHandlers<typeof FeatureService> {
   return {
     async getOnlineFeatures(request, { signal }) {
       const result = await online.read(
@@ -39,6 +68,11 @@ export function createFeatureServiceHandlers(
         signal,
       );
       return { rowsWritten: result.written, rowsStale: result.stale };
+    },
+
+    async ingestFeatures(requests, { signal }) {
+      const result = await ingest.ingest(ingestMessages(requests), signal);
+      return { rowsIngested: BigInt(result.rows) };
     },
   };
 }

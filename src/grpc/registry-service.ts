@@ -10,7 +10,7 @@ import {
   featureViewFromProto,
   featureViewToProto,
 } from './registry-mapping.js';
-import type { UnaryHandlers } from './server.js';
+import type { ServiceHandlers } from './server.js';
 
 /**
  * RegistryService over the Registry port. `afterChange` runs once a change is committed and
@@ -19,7 +19,7 @@ import type { UnaryHandlers } from './server.js';
 export function createRegistryServiceHandlers(
   registry: Registry,
   afterChange: () => Promise<void>,
-): UnaryHandlers<typeof RegistryService> {
+): ServiceHandlers<typeof RegistryService> {
   const project = (name: string) => {
     validateName('project', name);
     return name;

@@ -11,6 +11,7 @@ import {
   type Metadata,
   Server,
   ServerCredentials,
+  type ServerReadableStream,
   type ServerUnaryCall,
   type sendUnaryData,
   type UntypedServiceImplementation,
@@ -29,14 +30,28 @@ export interface CallContext {
 
 type Schema = Parameters<typeof create>[0];
 
-/** Typed unary handlers of a generated service: request in, response init out. */
-export type UnaryHandlers<S> = {
+/**
+ * Typed handlers of a generated service: a unary method takes its request, a client-streaming
+ * one an async iterable of requests (pulled at the handler's pace: HTTP/2 flow control makes a
+ * slow handler slow the client down); both resolve with the response.
+ */
+export type ServiceHandlers<S> = {
   [K in keyof ServiceMethods<S>]: ServiceMethods<S>[K] extends {
+    methodKind: 'unary';
     input: infer I extends Schema;
     output: infer O extends Schema;
   }
     ? (request: MessageShape<I>, context: CallContext) => Promise<MessageInitShape<O> | EncodedMessage>
-    : never;
+    : ServiceMethods<S>[K] extends {
+          methodKind: 'client_streaming';
+          input: infer I extends Schema;
+          output: infer O extends Schema;
+        }
+      ? (
+          requests: AsyncIterable<MessageShape<I>>,
+          context: CallContext,
+        ) => Promise<MessageInitShape<O> | EncodedMessage>
+      : never;
 };
 
 export interface ServerLogger {
@@ -46,9 +61,7 @@ export interface ServerLogger {
   error(object: object, message: string): void;
 }
 
-function deadlineSignal<Request, Response>(
-  call: ServerUnaryCall<Request, Response>,
-): {
+function deadlineSignal(call: ServerUnaryCall<unknown, unknown> | ServerReadableStream<unknown, unknown>): {
   signal: AbortSignal;
   release: () => void;
 } {
@@ -76,10 +89,29 @@ function deadlineSignal<Request, Response>(
   };
 }
 
-/** grpc-js implementation of a service's unary methods: errors mapped to statuses, logged once. */
-export function createUnaryImplementation<S extends DescService>(
+/**
+ * The requests of a client stream. grpc-js ends the stream on a client's cancellation just as on
+ * its normal end, so the end is checked: a handler never takes the input of a cancelled call
+ * for complete (an ingest would commit what arrived before the cancel).
+ */
+async function* requestsOf(
+  call: ServerReadableStream<unknown, unknown>,
+  signal: AbortSignal,
+): AsyncGenerator<unknown> {
+  for await (const request of call) yield request;
+  if (call.cancelled || signal.aborted)
+    throw signal.reason instanceof FStoreError
+      ? signal.reason
+      : new FStoreError('cancelled', 'the client cancelled the call before the end of its stream');
+}
+
+/**
+ * grpc-js implementation of a service's unary and client-streaming methods: errors mapped to
+ * statuses, logged once.
+ */
+export function createServiceImplementation<S extends DescService>(
   service: S,
-  handlers: UnaryHandlers<S>,
+  handlers: ServiceHandlers<S>,
   logger: ServerLogger,
 ): UntypedServiceImplementation {
   const implementation: UntypedServiceImplementation = {};
@@ -88,12 +120,20 @@ export function createUnaryImplementation<S extends DescService>(
       method.localName
     ];
     if (!handler) throw new Error(`no handler for ${service.typeName}.${method.name}`);
+    if (method.methodKind !== 'unary' && method.methodKind !== 'client_streaming')
+      throw new Error(
+        `${service.typeName}.${method.name}: ${method.methodKind} methods are not supported yet`,
+      );
     implementation[method.localName] = (
-      call: ServerUnaryCall<unknown, unknown>,
+      call: ServerUnaryCall<unknown, unknown> | ServerReadableStream<unknown, unknown>,
       callback: sendUnaryData<unknown>,
     ) => {
       const { signal, release } = deadlineSignal(call);
-      handler(call.request, { signal, metadata: call.metadata }).then(
+      const input =
+        method.methodKind === 'unary'
+          ? (call as ServerUnaryCall<unknown, unknown>).request
+          : requestsOf(call as ServerReadableStream<unknown, unknown>, signal);
+      handler(input, { signal, metadata: call.metadata }).then(
         (response) => {
           release();
           callback(

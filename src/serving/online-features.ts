@@ -1,7 +1,7 @@
-import { type Column, columnToFeatureValues, columnToKeyValues, zeroValue } from '../domain/columns.js';
+import { type Column, zeroValue } from '../domain/columns.js';
 import { FStoreError, invalidArgument } from '../domain/errors.js';
 import { computeFeatureStatus, type FeatureStatus, onlineExpiryMs } from '../domain/feature-status.js';
-import type { FeatureValue, FeatureView, KeyValue, ValueType } from '../domain/model.js';
+import type { FeatureValue, KeyValue, ValueType } from '../domain/model.js';
 import {
   type DecodedOnlineRow,
   decodeOnlineRow,
@@ -13,6 +13,7 @@ import {
 import { parseFeatureReference } from '../domain/registry-rules.js';
 import type { OnlineEntry, OnlineStore } from '../ports/online-store.js';
 import type { RegistryCache, ServedProject, ServedView } from './registry-cache.js';
+import { countRows, joinKeyColumns, validateRows } from './rows.js';
 
 export interface OnlineServingOptions {
   /** Most entity rows in one read or write (RESOURCE_EXHAUSTED above). */
@@ -87,16 +88,6 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): 
   });
 }
 
-/** The request's key column of each join key of `view`, checked for presence and type. */
-function joinKeyColumns(view: FeatureView, entities: ReadonlyMap<string, Column>): (readonly KeyValue[])[] {
-  return view.joinKeys.map((joinKey) => {
-    const column = entities.get(joinKey.name);
-    if (!column)
-      throw invalidArgument('entities', `missing join key "${joinKey.name}" of feature view "${view.name}"`);
-    return columnToKeyValues(`entities["${joinKey.name}"]`, joinKey.type, column);
-  });
-}
-
 /**
  * Online reads and writes (DESIGN §4): resolves references against the cached registry,
  * validates the request whole, then makes exactly one call to the online store.
@@ -115,7 +106,7 @@ export class OnlineFeatureService {
   async read(request: OnlineReadRequest, signal?: AbortSignal): Promise<OnlineReadResult> {
     const project = this.registry.project(request.project);
     const references = this.#requestedReferences(project, request);
-    const rowCount = this.#rowCount(request.entities);
+    const rowCount = countRows(request.entities, this.options.maxBatchRows);
 
     const lookups = new Map<string, ViewLookup>();
     references.forEach((reference, output) => {
@@ -253,49 +244,16 @@ export class OnlineFeatureService {
         'failed_precondition',
         `feature_view: feature view "${current.name}" is not served online`,
       );
-    const rowCount = this.#rowCount(request.entities);
-    if (request.eventTimes.length !== rowCount)
-      throw invalidArgument(
-        'event_timestamps',
-        `has ${request.eventTimes.length} values, expected ${rowCount} (one event time per row is required)`,
-      );
-    const eventTimes = request.eventTimes.map((micros, row) => {
-      if (micros <= 0n || micros > BigInt(Number.MAX_SAFE_INTEGER))
-        throw invalidArgument(
-          `event_timestamps[${row}]`,
-          'must be a positive time in microseconds since the epoch',
-        );
-      return Number(micros);
-    });
-
-    const keyColumns = joinKeyColumns(current, request.entities);
-
-    const indexes = view.featureIndexes.get(current.version) as ReadonlyMap<string, number>;
-    const columns = new Array<FeatureValue[] | undefined>(current.features.length);
-    request.features.forEach((feature, position) => {
-      const index = indexes.get(feature.name);
-      if (index === undefined)
-        throw new FStoreError(
-          'not_found',
-          `features[${position}].name: feature view "${current.name}" has no feature "${feature.name}"`,
-        );
-      if (columns[index])
-        throw invalidArgument(`features[${position}].name`, `feature "${feature.name}" is given twice`);
-      columns[index] = columnToFeatureValues(
-        `features[${position}].values`,
-        (current.features[index] as { type: ValueType }).type,
-        feature.values,
-        rowCount,
-        feature.nullRows,
-      );
-    });
-    current.features.forEach((feature, index) => {
-      if (!columns[index])
-        throw invalidArgument(
-          'features',
-          `missing feature "${feature.name}" of feature view "${current.name}"`,
-        );
-    });
+    const {
+      rowCount,
+      keys: keyColumns,
+      eventTimes,
+      values: columns,
+    } = validateRows(
+      view,
+      { entities: request.entities, features: request.features, eventTimes: request.eventTimes },
+      { maxBatchRows: this.options.maxBatchRows, positiveTimes: true },
+    );
 
     const entries: OnlineEntry[] = new Array(rowCount);
     const parts: KeyValue[] = new Array(keyColumns.length);
@@ -341,27 +299,5 @@ export class OnlineFeatureService {
       seen.add(reference);
     });
     return request.features;
-  }
-
-  #rowCount(entities: ReadonlyMap<string, Column>): number {
-    let rowCount = -1;
-    let first = '';
-    for (const [name, column] of entities) {
-      if (rowCount === -1) {
-        rowCount = column.values.length;
-        first = name;
-      } else if (column.values.length !== rowCount)
-        throw invalidArgument(
-          `entities["${name}"]`,
-          `has ${column.values.length} rows but entities["${first}"] has ${rowCount}: every key vector needs one value per row`,
-        );
-    }
-    if (rowCount <= 0) throw invalidArgument('entities', 'at least one entity row is required');
-    if (rowCount > this.options.maxBatchRows)
-      throw new FStoreError(
-        'resource_exhausted',
-        `entities: ${rowCount} rows, more than the server's maximum batch of ${this.options.maxBatchRows} (FSTORE_MAX_BATCH_ROWS)`,
-      );
-    return rowCount;
   }
 }

@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
 import { FeatureStatus } from '../../gen/fstore/v1/values_pb.js';
-import { createUnaryClient } from '../../src/grpc/client.js';
+import { createClient } from '../../src/grpc/client.js';
 import { randomName, requireEnvironment } from '../support/environment.js';
 import { applyFixtures, int64s, strings, valuesOf, writePairAmount } from '../support/fixtures.js';
 import { checkHealth } from '../support/grpc-probes.js';
@@ -94,14 +94,14 @@ describe('fstore serve', () => {
       await new Promise((resolve) => setTimeout(resolve, 100));
     expect(started.output().match(/"msg":"fstore serving"/g)?.length).toBe(2);
 
-    const registry = createUnaryClient(RegistryService, address);
-    const features = createUnaryClient(FeatureService, address);
+    const registry = createClient(RegistryService, address);
+    const features = createClient(FeatureService, address);
     const project = randomName('p');
     await applyFixtures(registry, project);
     await writePairAmount(features, project, 'c1', 3, 8);
     // A fresh connection may land on the other process: its registry cache must be current too.
     for (let attempt = 0; attempt < 6; attempt++) {
-      const client = createUnaryClient(FeatureService, address, {
+      const client = createClient(FeatureService, address, {
         channelOptions: { 'grpc.use_local_subchannel_pool': 1 },
       });
       const response = await client.getOnlineFeatures({
@@ -133,8 +133,8 @@ describe('fstore serve', () => {
     });
     const address = `127.0.0.1:${port}`;
     await waitServing(address, started, 120_000);
-    const registry = createUnaryClient(RegistryService, address);
-    const features = createUnaryClient(FeatureService, address);
+    const registry = createClient(RegistryService, address);
+    const features = createClient(FeatureService, address);
     const project = randomName('p');
     await applyFixtures(registry, project);
     await writePairAmount(features, project, 'e1', 1, 2);

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import { FeatureStatus } from '../../gen/fstore/v1/values_pb.js';
-import { createUnaryClient } from '../../src/grpc/client.js';
+import { createClient } from '../../src/grpc/client.js';
 import { randomName } from '../support/environment.js';
 import { applyFixtures, failureOf, int64s, strings, valuesOf, writePairAmount } from '../support/fixtures.js';
 import { checkHealth, reflect } from '../support/grpc-probes.js';
@@ -129,7 +129,7 @@ describe('serving process lifecycle', () => {
       const response = await inFlight;
       expect(response.features[0]?.statuses).toHaveLength(1);
       await stopping;
-      const late = createUnaryClient(FeatureService, other.address);
+      const late = createClient(FeatureService, other.address);
       try {
         expect(
           await failureOf(

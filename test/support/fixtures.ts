@@ -3,7 +3,7 @@ import type { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import type { FeatureViewSchema, RegistryService } from '../../gen/fstore/v1/registry_pb.js';
 import { type EntitySchema, FeatureViewSource } from '../../gen/fstore/v1/registry_pb.js';
 import { ValueType, type VectorSchema } from '../../gen/fstore/v1/values_pb.js';
-import type { UnaryClient } from '../../src/grpc/client.js';
+import type { ServiceClient } from '../../src/grpc/client.js';
 
 /** Request builders and a small registry used by the serving tests. */
 
@@ -84,7 +84,7 @@ export const offlineOnlyView: MessageInitShape<typeof FeatureViewSchema> = {
 };
 
 export async function applyFixtures(
-  registry: UnaryClient<typeof RegistryService>,
+  registry: ServiceClient<typeof RegistryService>,
   project: string,
 ): Promise<void> {
   await registry.applyEntity({ project, entity: userEntity });
@@ -96,7 +96,7 @@ export async function applyFixtures(
 
 /** Writes one pair_stats row (user_id, merchant_id) → amount, timed now. */
 export function writePairAmount(
-  features: UnaryClient<typeof FeatureService>,
+  features: ServiceClient<typeof FeatureService>,
   project: string,
   userId: string,
   merchantId: number,

@@ -4,7 +4,7 @@ import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
 import { startServing } from '../../src/app/serve.js';
 import { type Config, type ConfigKey, loadConfig } from '../../src/config/config.js';
-import { createUnaryClient, type UnaryClient } from '../../src/grpc/client.js';
+import { createClient, type ServiceClient } from '../../src/grpc/client.js';
 import { randomName, requireEnvironment } from './environment.js';
 
 export type OnlineStoreKind = 'memory' | 'redis' | 'redis-cluster';
@@ -12,8 +12,8 @@ export type OnlineStoreKind = 'memory' | 'redis' | 'redis-cluster';
 export interface TestServer {
   readonly address: string;
   readonly config: Config;
-  readonly features: UnaryClient<typeof FeatureService>;
-  readonly registry: UnaryClient<typeof RegistryService>;
+  readonly features: ServiceClient<typeof FeatureService>;
+  readonly registry: ServiceClient<typeof RegistryService>;
   stop(): Promise<void>;
 }
 
@@ -42,8 +42,8 @@ export async function startTestServer(
   const config = loadConfig(environment, overrides);
   const serving = await startServing(config, pino({ level: process.env.FSTORE_TEST_LOG_LEVEL ?? 'silent' }));
   const address = `127.0.0.1:${serving.port}`;
-  const features = createUnaryClient(FeatureService, address);
-  const registry = createUnaryClient(RegistryService, address);
+  const features = createClient(FeatureService, address);
+  const registry = createClient(RegistryService, address);
   let stopped: Promise<void> | undefined;
   return {
     address,

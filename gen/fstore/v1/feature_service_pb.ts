@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fstore/v1/feature_service.proto.
  */
 export const file_fstore_v1_feature_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9mc3RvcmUvdjEvZmVhdHVyZV9zZXJ2aWNlLnByb3RvEglmc3RvcmUudjEi2wEKGEdldE9ubGluZUZlYXR1cmVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhAKCGZlYXR1cmVzGAIgAygJEhMKC2ZlYXR1cmVfc2V0GAMgASgJEkMKCGVudGl0aWVzGAQgAygLMjEuZnN0b3JlLnYxLkdldE9ubGluZUZlYXR1cmVzUmVxdWVzdC5FbnRpdGllc0VudHJ5GkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEihgEKDUZlYXR1cmVDb2x1bW4SDAoEbmFtZRgBIAEoCRIhCgZ2YWx1ZXMYAiABKAsyES5mc3RvcmUudjEuVmVjdG9yEioKCHN0YXR1c2VzGAMgAygOMhguZnN0b3JlLnYxLkZlYXR1cmVTdGF0dXMSGAoQZXZlbnRfdGltZXN0YW1wcxgEIAMoAyJdChlHZXRPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEioKCGZlYXR1cmVzGAEgAygLMhguZnN0b3JlLnYxLkZlYXR1cmVDb2x1bW4SFAoMcmVxdWVzdF90aW1lGAIgASgDIlgKEkZlYXR1cmVDb2x1bW5Xcml0ZRIMCgRuYW1lGAEgASgJEiEKBnZhbHVlcxgCIAEoCzIRLmZzdG9yZS52MS5WZWN0b3ISEQoJbnVsbF9yb3dzGAMgAygNIpkCChpXcml0ZU9ubGluZUZlYXR1cmVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhQKDGZlYXR1cmVfdmlldxgCIAEoCRJFCghlbnRpdGllcxgDIAMoCzIzLmZzdG9yZS52MS5Xcml0ZU9ubGluZUZlYXR1cmVzUmVxdWVzdC5FbnRpdGllc0VudHJ5Ei8KCGZlYXR1cmVzGAQgAygLMh0uZnN0b3JlLnYxLkZlYXR1cmVDb2x1bW5Xcml0ZRIYChBldmVudF90aW1lc3RhbXBzGAUgAygDGkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEiRwobV3JpdGVPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEhQKDHJvd3Nfd3JpdHRlbhgBIAEoDRISCgpyb3dzX3N0YWxlGAIgASgNMtYBCg5GZWF0dXJlU2VydmljZRJeChFHZXRPbmxpbmVGZWF0dXJlcxIjLmZzdG9yZS52MS5HZXRPbmxpbmVGZWF0dXJlc1JlcXVlc3QaJC5mc3RvcmUudjEuR2V0T25saW5lRmVhdHVyZXNSZXNwb25zZRJkChNXcml0ZU9ubGluZUZlYXR1cmVzEiUuZnN0b3JlLnYxLldyaXRlT25saW5lRmVhdHVyZXNSZXF1ZXN0GiYuZnN0b3JlLnYxLldyaXRlT25saW5lRmVhdHVyZXNSZXNwb25zZWIGcHJvdG8z", [file_fstore_v1_values]);
+  fileDesc("Ch9mc3RvcmUvdjEvZmVhdHVyZV9zZXJ2aWNlLnByb3RvEglmc3RvcmUudjEi2wEKGEdldE9ubGluZUZlYXR1cmVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhAKCGZlYXR1cmVzGAIgAygJEhMKC2ZlYXR1cmVfc2V0GAMgASgJEkMKCGVudGl0aWVzGAQgAygLMjEuZnN0b3JlLnYxLkdldE9ubGluZUZlYXR1cmVzUmVxdWVzdC5FbnRpdGllc0VudHJ5GkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEihgEKDUZlYXR1cmVDb2x1bW4SDAoEbmFtZRgBIAEoCRIhCgZ2YWx1ZXMYAiABKAsyES5mc3RvcmUudjEuVmVjdG9yEioKCHN0YXR1c2VzGAMgAygOMhguZnN0b3JlLnYxLkZlYXR1cmVTdGF0dXMSGAoQZXZlbnRfdGltZXN0YW1wcxgEIAMoAyJdChlHZXRPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEioKCGZlYXR1cmVzGAEgAygLMhguZnN0b3JlLnYxLkZlYXR1cmVDb2x1bW4SFAoMcmVxdWVzdF90aW1lGAIgASgDIlgKEkZlYXR1cmVDb2x1bW5Xcml0ZRIMCgRuYW1lGAEgASgJEiEKBnZhbHVlcxgCIAEoCzIRLmZzdG9yZS52MS5WZWN0b3ISEQoJbnVsbF9yb3dzGAMgAygNIpkCChpXcml0ZU9ubGluZUZlYXR1cmVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhQKDGZlYXR1cmVfdmlldxgCIAEoCRJFCghlbnRpdGllcxgDIAMoCzIzLmZzdG9yZS52MS5Xcml0ZU9ubGluZUZlYXR1cmVzUmVxdWVzdC5FbnRpdGllc0VudHJ5Ei8KCGZlYXR1cmVzGAQgAygLMh0uZnN0b3JlLnYxLkZlYXR1cmVDb2x1bW5Xcml0ZRIYChBldmVudF90aW1lc3RhbXBzGAUgAygDGkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEiRwobV3JpdGVPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEhQKDHJvd3Nfd3JpdHRlbhgBIAEoDRISCgpyb3dzX3N0YWxlGAIgASgNIpcBChVJbmdlc3RGZWF0dXJlc1JlcXVlc3QSKQoGaGVhZGVyGAEgASgLMhcuZnN0b3JlLnYxLkluZ2VzdEhlYWRlckgAEiMKBHJvd3MYAiABKAsyEy5mc3RvcmUudjEuUm93Q2h1bmtIABIjCgNlbmQYAyABKAsyFC5mc3RvcmUudjEuSW5nZXN0RW5kSABCCQoHbWVzc2FnZSIeCglJbmdlc3RFbmQSEQoJcm93X2NvdW50GAEgASgEIjUKDEluZ2VzdEhlYWRlchIPCgdwcm9qZWN0GAEgASgJEhQKDGZlYXR1cmVfdmlldxgCIAEoCSLqAQoIUm93Q2h1bmsSMwoIZW50aXRpZXMYASADKAsyIS5mc3RvcmUudjEuUm93Q2h1bmsuRW50aXRpZXNFbnRyeRIvCghmZWF0dXJlcxgCIAMoCzIdLmZzdG9yZS52MS5GZWF0dXJlQ29sdW1uV3JpdGUSGAoQZXZlbnRfdGltZXN0YW1wcxgDIAMoAxIaChJjcmVhdGVkX3RpbWVzdGFtcHMYBCADKAMaQgoNRW50aXRpZXNFbnRyeRILCgNrZXkYASABKAkSIAoFdmFsdWUYAiABKAsyES5mc3RvcmUudjEuVmVjdG9yOgI4ASIvChZJbmdlc3RGZWF0dXJlc1Jlc3BvbnNlEhUKDXJvd3NfaW5nZXN0ZWQYASABKAQyrwIKDkZlYXR1cmVTZXJ2aWNlEl4KEUdldE9ubGluZUZlYXR1cmVzEiMuZnN0b3JlLnYxLkdldE9ubGluZUZlYXR1cmVzUmVxdWVzdBokLmZzdG9yZS52MS5HZXRPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEmQKE1dyaXRlT25saW5lRmVhdHVyZXMSJS5mc3RvcmUudjEuV3JpdGVPbmxpbmVGZWF0dXJlc1JlcXVlc3QaJi5mc3RvcmUudjEuV3JpdGVPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlElcKDkluZ2VzdEZlYXR1cmVzEiAuZnN0b3JlLnYxLkluZ2VzdEZlYXR1cmVzUmVxdWVzdBohLmZzdG9yZS52MS5Jbmdlc3RGZWF0dXJlc1Jlc3BvbnNlKAFiBnByb3RvMw", [file_fstore_v1_values]);
 
 /**
  * @generated from message fstore.v1.GetOnlineFeaturesRequest
@@ -232,6 +232,154 @@ export const WriteOnlineFeaturesResponseSchema: GenMessage<WriteOnlineFeaturesRe
   messageDesc(file_fstore_v1_feature_service, 5);
 
 /**
+ * @generated from message fstore.v1.IngestFeaturesRequest
+ */
+export type IngestFeaturesRequest = Message<"fstore.v1.IngestFeaturesRequest"> & {
+  /**
+   * @generated from oneof fstore.v1.IngestFeaturesRequest.message
+   */
+  message: {
+    /**
+     * The first message, and only the first.
+     *
+     * @generated from field: fstore.v1.IngestHeader header = 1;
+     */
+    value: IngestHeader;
+    case: "header";
+  } | {
+    /**
+     * Any number of chunks after the header; at most the server's maximum batch rows each.
+     *
+     * @generated from field: fstore.v1.RowChunk rows = 2;
+     */
+    value: RowChunk;
+    case: "rows";
+  } | {
+    /**
+     * The last message: nothing may follow it.
+     *
+     * @generated from field: fstore.v1.IngestEnd end = 3;
+     */
+    value: IngestEnd;
+    case: "end";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message fstore.v1.IngestFeaturesRequest.
+ * Use `create(IngestFeaturesRequestSchema)` to create a new message.
+ */
+export const IngestFeaturesRequestSchema: GenMessage<IngestFeaturesRequest> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_feature_service, 6);
+
+/**
+ * @generated from message fstore.v1.IngestEnd
+ */
+export type IngestEnd = Message<"fstore.v1.IngestEnd"> & {
+  /**
+   * The number of rows the client sent in all chunks; the call fails (INVALID_ARGUMENT) and
+   * stores nothing when the server counted another number.
+   *
+   * @generated from field: uint64 row_count = 1;
+   */
+  rowCount: bigint;
+};
+
+/**
+ * Describes the message fstore.v1.IngestEnd.
+ * Use `create(IngestEndSchema)` to create a new message.
+ */
+export const IngestEndSchema: GenMessage<IngestEnd> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_feature_service, 7);
+
+/**
+ * @generated from message fstore.v1.IngestHeader
+ */
+export type IngestHeader = Message<"fstore.v1.IngestHeader"> & {
+  /**
+   * @generated from field: string project = 1;
+   */
+  project: string;
+
+  /**
+   * The feature view the rows belong to (any source); rows follow its current version.
+   *
+   * @generated from field: string feature_view = 2;
+   */
+  featureView: string;
+};
+
+/**
+ * Describes the message fstore.v1.IngestHeader.
+ * Use `create(IngestHeaderSchema)` to create a new message.
+ */
+export const IngestHeaderSchema: GenMessage<IngestHeader> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_feature_service, 8);
+
+/**
+ * Rows of one view, column-major as in WriteOnlineFeaturesRequest.
+ *
+ * @generated from message fstore.v1.RowChunk
+ */
+export type RowChunk = Message<"fstore.v1.RowChunk"> & {
+  /**
+   * Join key name -> one value per row.
+   *
+   * @generated from field: map<string, fstore.v1.Vector> entities = 1;
+   */
+  entities: { [key: string]: Vector };
+
+  /**
+   * Every feature of the view's current version, one value per row; nulls in `null_rows`.
+   *
+   * @generated from field: repeated fstore.v1.FeatureColumnWrite features = 2;
+   */
+  features: FeatureColumnWrite[];
+
+  /**
+   * One per row, required: microseconds since the Unix epoch; any time, past or future.
+   *
+   * @generated from field: repeated int64 event_timestamps = 3;
+   */
+  eventTimestamps: bigint[];
+
+  /**
+   * Optional, one per row: when the row was recorded (microseconds). Among rows with equal keys
+   * and event time, point-in-time reads take the latest created time. Default: the server's
+   * time when the chunk arrives.
+   *
+   * @generated from field: repeated int64 created_timestamps = 4;
+   */
+  createdTimestamps: bigint[];
+};
+
+/**
+ * Describes the message fstore.v1.RowChunk.
+ * Use `create(RowChunkSchema)` to create a new message.
+ */
+export const RowChunkSchema: GenMessage<RowChunk> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_feature_service, 9);
+
+/**
+ * @generated from message fstore.v1.IngestFeaturesResponse
+ */
+export type IngestFeaturesResponse = Message<"fstore.v1.IngestFeaturesResponse"> & {
+  /**
+   * Rows committed to the offline store.
+   *
+   * @generated from field: uint64 rows_ingested = 1;
+   */
+  rowsIngested: bigint;
+};
+
+/**
+ * Describes the message fstore.v1.IngestFeaturesResponse.
+ * Use `create(IngestFeaturesResponseSchema)` to create a new message.
+ */
+export const IngestFeaturesResponseSchema: GenMessage<IngestFeaturesResponse> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_feature_service, 10);
+
+/**
  * Online feature serving.
  *
  * Errors use the standard gRPC codes, with a message naming the offending field:
@@ -267,6 +415,22 @@ export const FeatureService: GenService<{
     methodKind: "unary";
     input: typeof WriteOnlineFeaturesRequestSchema;
     output: typeof WriteOnlineFeaturesResponseSchema;
+  },
+  /**
+   * Bulk load of rows of one feature view into the offline store. The first message is a header
+   * naming the view, then chunks of rows, then an end message with the number of rows sent.
+   * Chunks are validated as they arrive and stored through PostgreSQL COPY in ONE transaction,
+   * committed only on the end message: the call stores every row or none, and a client that
+   * stops early (crash, cancel, lost connection) leaves nothing behind.
+   * A bad row fails the call with INVALID_ARGUMENT naming its row number in the whole stream
+   * (0-based), the field and the reason. Flow control applies: a slow database slows the client.
+   *
+   * @generated from rpc fstore.v1.FeatureService.IngestFeatures
+   */
+  ingestFeatures: {
+    methodKind: "client_streaming";
+    input: typeof IngestFeaturesRequestSchema;
+    output: typeof IngestFeaturesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fstore_v1_feature_service, 0);

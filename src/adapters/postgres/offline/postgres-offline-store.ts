@@ -1,0 +1,412 @@
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { PoolClient } from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
+import { FStoreError, invalidArgument } from '../../../domain/errors.js';
+import type { FeatureView } from '../../../domain/model.js';
+import type { OfflineRowBatch, OfflineStore, OfflineWriteResult } from '../../../ports/offline-store.js';
+import { createPostgresPool, type PostgresPool, quoteIdentifier, translateDatabaseError } from '../pool.js';
+import { copyColumns, encodeBatch, valuePath } from './binary-copy.js';
+import { type PostgresOfflineStoreOptionsInput, resolvePostgresOfflineStoreOptions } from './options.js';
+import {
+  columnsTable,
+  layoutFromStored,
+  monthBoundLiteral,
+  monthOfPartition,
+  monthStartMicros,
+  monthsOf,
+  partitionName,
+  planLayout,
+  postgresTypeOf,
+  qualified,
+  type StoredMapping,
+  type ViewLayout,
+  viewTableName,
+} from './table-layout.js';
+
+/** The port plus what only operators use so far. */
+export interface PostgresOfflineStore extends OfflineStore {
+  /**
+   * Retention: drops the month partitions of `view` that end at or before `beforeMicros` (whole
+   * partitions only: a month that straddles the cutoff stays). Returns the dropped tables' names.
+   */
+  dropPartitionsBefore(view: Pick<FeatureView, 'id'>, beforeMicros: number): Promise<string[]>;
+}
+
+const purpose = 'offline database';
+
+/**
+ * The offline store in PostgreSQL. One table per view id (`offline_view_<id>`), range-partitioned
+ * by month of event time, with no default partition; see table-layout.ts for columns and
+ * binary-copy.ts for the COPY encoding.
+ *
+ * Locks, and why: a month partition is created as a plain table and then ATTACHed, which takes
+ * only SHARE UPDATE EXCLUSIVE on the parent (PostgreSQL ≥ 12), so a writer that adds a month does
+ * not block readers or other writers' COPY for the rest of its transaction, as
+ * `CREATE TABLE … PARTITION OF` (ACCESS EXCLUSIVE on the parent) would. Schema changes
+ * (ensureView of a new version) take a per-view advisory lock and ACCESS EXCLUSIVE briefly, in
+ * their own transaction; call ensureView before writing so that never happens inside a long ingest.
+ */
+export async function createPostgresOfflineStore(
+  input: PostgresOfflineStoreOptionsInput,
+): Promise<PostgresOfflineStore> {
+  const options = resolvePostgresOfflineStoreOptions(input);
+  const pool: PostgresPool = options.ownsPool ? createPostgresPool(options.postgres, purpose) : options.pool;
+  const { schema } = options;
+  const table = (name: string) => qualified(schema, name);
+  const lockKey = (what: string) => `fstore.${schema}.offline.${what}`;
+  const lock = (client: PoolClient, what: string) =>
+    client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [lockKey(what)]);
+
+  try {
+    // What must exist once per schema; idempotent, under a lock so concurrent starts do not race.
+    await pool.transaction(async (client) => {
+      await lock(client, 'bootstrap');
+      await client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdentifier(schema)}`);
+      await client.query(`CREATE TABLE IF NOT EXISTS ${table(columnsTable)} (
+        view_id     integer NOT NULL,
+        version     integer NOT NULL,
+        role        text    NOT NULL CHECK (role IN ('key', 'feature')),
+        name        text    NOT NULL,
+        column_name text    NOT NULL,
+        value_type  text    NOT NULL,
+        PRIMARY KEY (view_id, version, role, name)
+      )`);
+    });
+  } catch (error) {
+    if (options.ownsPool) await pool.end();
+    throw translateDatabaseError(error, purpose);
+  }
+
+  /** Layouts known to be committed, by "id:version". */
+  const layouts = new Map<string, ViewLayout>();
+  const layoutKey = (view: Pick<FeatureView, 'id' | 'version'>) => `${view.id}:${view.version}`;
+  let closed = false;
+
+  const readMappings = async (client: PoolClient, viewId: number, version?: number) => {
+    const result = await client.query<{
+      version: number;
+      role: 'key' | 'feature';
+      name: string;
+      column_name: string;
+      value_type: string;
+    }>(
+      `SELECT version, role, name, column_name, value_type FROM ${table(columnsTable)}
+       WHERE view_id = $1 AND ($2::integer IS NULL OR version = $2)`,
+      [viewId, version ?? null],
+    );
+    return result.rows.map(
+      (row): StoredMapping => ({
+        version: row.version,
+        role: row.role,
+        name: row.name,
+        columnName: row.column_name,
+        valueType: row.value_type as StoredMapping['valueType'],
+      }),
+    );
+  };
+
+  /** Makes the table and columns of a view version exist; in the caller's transaction. */
+  async function ensureLayout(client: PoolClient, view: FeatureView): Promise<ViewLayout> {
+    const known = layoutFromStored(view, await readMappings(client, view.id, view.version));
+    if (known) return known;
+    await lock(client, `view.${view.id}`);
+    const stored = await readMappings(client, view.id);
+    const mine = stored.filter((mapping) => mapping.version === view.version);
+    if (mine.length > 0) {
+      const layout = layoutFromStored(view, mine);
+      if (layout) return layout;
+      throw new FStoreError(
+        'failed_precondition',
+        `offline store: feature view id ${view.id} version ${view.version} is already stored with other keys or features`,
+      );
+    }
+    const layout = planLayout(view, stored);
+    const parent = table(layout.table);
+    const columns = [...layout.keys, ...layout.features];
+    const exists = await client.query<{ exists: boolean }>('SELECT to_regclass($1) IS NOT NULL AS exists', [
+      parent,
+    ]);
+    if (!exists.rows[0]?.exists) {
+      // Key columns may be null: rows of a version with other join keys have none there.
+      await client.query(`CREATE TABLE ${parent} (
+        ${layout.keys.map((key) => `${quoteIdentifier(key.columnName)} ${postgresTypeOf(key.valueType)},`).join('\n')}
+        event_time   timestamptz NOT NULL,
+        created_time timestamptz NOT NULL,
+        view_version integer     NOT NULL
+        ${layout.features.map((feature) => `, ${quoteIdentifier(feature.columnName)} ${postgresTypeOf(feature.valueType)}`).join('\n')}
+      ) PARTITION BY RANGE (event_time)`);
+      // Time-range scans (materialization, "every entity over a range").
+      await client.query(
+        `CREATE INDEX ${quoteIdentifier(`${layout.table}_time_idx`)} ON ${parent} (event_time)`,
+      );
+    } else {
+      const added = columns.filter(
+        (column) => !stored.some((other) => other.columnName === column.columnName),
+      );
+      if (added.length > 0)
+        await client.query(
+          `ALTER TABLE ${parent} ${added
+            .map(
+              (column) =>
+                `ADD COLUMN IF NOT EXISTS ${quoteIdentifier(column.columnName)} ${postgresTypeOf(column.valueType)}`,
+            )
+            .join(', ')}`,
+        );
+    }
+    // Point-in-time lookups ("greatest event time ≤ t per key, ties by latest created time") and
+    // key-ordered merge scans: one index per distinct set of key columns.
+    const keyColumns = layout.keys.map((key) => key.columnName).join(',');
+    const versions = new Set(stored.map((mapping) => mapping.version));
+    const keySetSeen = [...versions].some(
+      (version) =>
+        stored
+          .filter((mapping) => mapping.version === version && mapping.role === 'key')
+          .map((mapping) => mapping.columnName)
+          .join(',') === keyColumns,
+    );
+    if (!keySetSeen)
+      await client.query(
+        `CREATE INDEX IF NOT EXISTS ${quoteIdentifier(`${layout.table}_pit_v${view.version}_idx`)} ON ${parent} (${[
+          ...layout.keys.map((key) => quoteIdentifier(key.columnName)),
+          'event_time DESC',
+          'created_time DESC',
+        ].join(', ')})`,
+      );
+    for (const column of columns)
+      await client.query(
+        `INSERT INTO ${table(columnsTable)} (view_id, version, role, name, column_name, value_type)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`,
+        [view.id, view.version, column.role, column.name, column.columnName, column.valueType],
+      );
+    return layout;
+  }
+
+  /**
+   * Makes the month partitions of `months` exist; in the writer's transaction (see the lock note
+   * above). `held` lists the partitions this transaction already locked, which need no check.
+   */
+  async function ensurePartitions(
+    client: PoolClient,
+    layout: ViewLayout,
+    months: readonly number[],
+    held: Set<string>,
+  ) {
+    const needed = months
+      .map((month) => partitionName(layout.viewId, month))
+      .filter((name) => !held.has(name));
+    if (needed.length === 0) return;
+    // pg_class read with the statement's snapshot, not to_regclass(): name lookups go through a
+    // cache that can still hold "no such table" after another writer created it.
+    const missing = async () => {
+      const result = await client.query<{ name: string }>(
+        `SELECT relname AS name FROM pg_class WHERE relnamespace = $1::regnamespace AND relname = ANY($2::text[])`,
+        [schema, needed],
+      );
+      const present = new Set(result.rows.map((row) => row.name));
+      return needed.filter((name) => !present.has(name));
+    };
+    if ((await missing()).length > 0) {
+      // Two writers needing the same new month: the second waits here and then finds it.
+      await lock(client, `partitions.${layout.viewId}`);
+      for (const name of await missing()) {
+        const month = monthOfPartition(layout.viewId, name) as number;
+        await client.query(
+          `CREATE TABLE ${table(name)} (LIKE ${table(layout.table)} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`,
+        );
+        await client.query(
+          `ALTER TABLE ${table(layout.table)} ATTACH PARTITION ${table(name)}
+           FOR VALUES FROM (${monthBoundLiteral(month)}) TO (${monthBoundLiteral(month + 1)})`,
+        );
+      }
+    }
+    // Locking a table this transaction has not locked yet makes PostgreSQL apply pending catalog
+    // changes, so the COPY routes rows with a partition list that includes months another writer
+    // attached since this transaction first touched the table. It also keeps retention from
+    // dropping them under the COPY.
+    await client.query(`LOCK TABLE ${needed.map(table).join(', ')} IN ROW EXCLUSIVE MODE`);
+    for (const name of needed) held.add(name);
+  }
+
+  async function copyBatch(
+    client: PoolClient,
+    batch: OfflineRowBatch,
+    layout: ViewLayout,
+    batchIndex: number,
+  ) {
+    const columns = copyColumns(layout).map(quoteIdentifier).join(', ');
+    const copy = client.query(
+      copyFrom(`COPY ${table(layout.table)} (${columns}) FROM STDIN (FORMAT binary)`),
+    );
+    try {
+      await pipeline(Readable.from(encodeBatch(batch, layout, batchIndex)), copy);
+    } catch (error) {
+      throw describeCopyError(error, layout, batchIndex);
+    }
+  }
+
+  const assertOpen = () => {
+    if (closed) throw new FStoreError('unavailable', `${purpose} (PostgreSQL): the offline store is closed`);
+  };
+
+  return {
+    async ensureView(view) {
+      assertOpen();
+      const key = layoutKey(view);
+      if (layouts.has(key)) return;
+      const layout = await pool.transaction((client) => ensureLayout(client, view));
+      layouts.set(key, layout);
+    },
+
+    async writeRows(batches): Promise<OfflineWriteResult> {
+      assertOpen();
+      const ensured = new Map<string, ViewLayout>();
+      const heldPartitions = new Set<string>();
+      // Not retried: the input is a stream, read once (attempts: 1).
+      const rows = await pool.transaction(
+        async (client) => {
+          let total = 0;
+          let batchIndex = 0;
+          const iterator = toAsyncIterator(batches);
+          for (;;) {
+            let next: IteratorResult<OfflineRowBatch>;
+            try {
+              next = await iterator.next();
+            } catch (error) {
+              throw inputError(error, batchIndex);
+            }
+            if (next.done) break;
+            const batch = next.value;
+            const rowCount = assertBatchShape(batch, batchIndex);
+            if (rowCount > 0) {
+              const key = layoutKey(batch.view);
+              let layout = layouts.get(key) ?? ensured.get(key);
+              if (!layout) {
+                layout = await ensureLayout(client, batch.view);
+                ensured.set(key, layout);
+              }
+              await ensurePartitions(client, layout, monthsOf(batch.eventTimes), heldPartitions);
+              await copyBatch(client, batch, layout, batchIndex);
+              total += rowCount;
+            }
+            batchIndex += 1;
+          }
+          return total;
+        },
+        { attempts: 1 },
+      );
+      for (const [key, layout] of ensured) layouts.set(key, layout);
+      return { rows };
+    },
+
+    async dropPartitionsBefore(view, beforeMicros) {
+      assertOpen();
+      if (!Number.isSafeInteger(beforeMicros))
+        throw invalidArgument(
+          'beforeMicros',
+          `must be integer microseconds since the epoch, got ${beforeMicros}`,
+        );
+      return pool.transaction(async (client) => {
+        await lock(client, `partitions.${view.id}`);
+        const result = await client.query<{ name: string }>(
+          `SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+           WHERE i.inhparent = to_regclass($1)`,
+          [table(viewTableName(view.id))],
+        );
+        const dropped = result.rows
+          .map((row) => ({ name: row.name, month: monthOfPartition(view.id, row.name) }))
+          .filter(({ month }) => month !== undefined && monthStartMicros(month + 1) <= beforeMicros)
+          .map(({ name }) => name)
+          .sort();
+        for (const name of dropped) await client.query(`DROP TABLE ${table(name)}`);
+        return dropped;
+      });
+    },
+
+    async close() {
+      if (closed) return;
+      closed = true;
+      if (options.ownsPool) await pool.end();
+    },
+  };
+}
+
+function toAsyncIterator<T>(source: AsyncIterable<T> | Iterable<T>): AsyncIterator<T> | Iterator<T> {
+  return Symbol.asyncIterator in source
+    ? (source as AsyncIterable<T>)[Symbol.asyncIterator]()
+    : (source as Iterable<T>)[Symbol.iterator]();
+}
+
+/** An error thrown by the caller's batches: passed on, never mistaken for a database failure. */
+function inputError(error: unknown, batchIndex: number): FStoreError {
+  if (error instanceof FStoreError) return error;
+  const message = error instanceof Error ? error.message : String(error);
+  return new FStoreError(
+    'internal',
+    `reading batches[${batchIndex}] of the offline write failed: ${message}`,
+    {
+      cause: error,
+    },
+  );
+}
+
+/** Checks the shape the encoder relies on; returns the row count. */
+function assertBatchShape(batch: OfflineRowBatch, batchIndex: number): number {
+  const at = `batches[${batchIndex}]`;
+  const { view } = batch;
+  const rowCount = batch.eventTimes.length;
+  if (batch.keys.length !== view.joinKeys.length)
+    throw invalidArgument(
+      `${at}.keys`,
+      `has ${batch.keys.length} columns, the view has ${view.joinKeys.length} join keys`,
+    );
+  if (batch.values.length !== view.features.length)
+    throw invalidArgument(
+      `${at}.values`,
+      `has ${batch.values.length} columns, the view has ${view.features.length} features`,
+    );
+  const columns: [string, { length: number }][] = [
+    ['createdTimes', batch.createdTimes],
+    ...batch.keys.map((column, index): [string, { length: number }] => [`keys[${index}]`, column]),
+    ...batch.values.map((column, index): [string, { length: number }] => [`values[${index}]`, column]),
+  ];
+  for (const [name, column] of columns)
+    if (column.length !== rowCount)
+      throw invalidArgument(`${at}.${name}`, `has ${column.length} values, eventTimes has ${rowCount}`);
+  for (let row = 0; row < rowCount; row += 1) {
+    if (!Number.isSafeInteger(batch.eventTimes[row]))
+      throw invalidArgument(
+        `${valuePath(batchIndex, row, 'eventTime')}`,
+        'must be integer microseconds since the epoch',
+      );
+    if (!Number.isSafeInteger(batch.createdTimes[row]))
+      throw invalidArgument(
+        `${valuePath(batchIndex, row, 'createdTime')}`,
+        'must be integer microseconds since the epoch',
+      );
+  }
+  return rowCount;
+}
+
+/**
+ * A failed COPY → FStoreError. Data errors (SQLSTATE classes 22 and 23) are the caller's: they
+ * become 'invalid_argument' naming the row and feature from PostgreSQL's context
+ * ("COPY offline_view_7, line 3, column f_note"; in binary format "line" counts rows from 1).
+ */
+function describeCopyError(error: unknown, layout: ViewLayout, batchIndex: number): unknown {
+  if (error instanceof FStoreError) return error;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code !== 'string' || !(code.startsWith('22') || code.startsWith('23'))) return error;
+  const where = String((error as { where?: unknown }).where ?? '');
+  const match = /line (\d+)(?:, column (\w+))?/.exec(where);
+  const message = error instanceof Error ? error.message : String(error);
+  if (!match) return invalidArgument(`batches[${batchIndex}]`, `PostgreSQL rejected a row: ${message}`);
+  const row = Number(match[1]) - 1;
+  const column = match[2];
+  const mapping = [...layout.keys, ...layout.features].find((candidate) => candidate.columnName === column);
+  const name = mapping?.name ?? column;
+  return invalidArgument(
+    name === undefined ? `batches[${batchIndex}].rows[${row}]` : valuePath(batchIndex, row, name),
+    `PostgreSQL rejected the value: ${message}`,
+  );
+}

@@ -1,0 +1,39 @@
+import type { FeatureValue, FeatureView, KeyValue } from '../domain/model.js';
+
+/**
+ * The offline store port (DESIGN §3-§4): every feature row of every view version, kept as time
+ * series in PostgreSQL for point-in-time retrieval and materialization. Only the operations the
+ * core uses; `src/adapters/postgres/offline/` implements it.
+ */
+
+/** A column-major batch of rows of one view version, already validated against its schema. */
+export interface OfflineRowBatch {
+  /** The view version the rows follow (its id, version, join keys and features). */
+  readonly view: FeatureView;
+  /** One column per join key of `view.joinKeys`, in order; every column has `rowCount` values. */
+  readonly keys: readonly (readonly KeyValue[])[];
+  /** Event time of each row, microseconds since the epoch. */
+  readonly eventTimes: readonly number[];
+  /** When each row was recorded, microseconds since the epoch (ties on event time: latest wins). */
+  readonly createdTimes: readonly number[];
+  /** One column per feature of `view.features`, in order; null where the value is null. */
+  readonly values: readonly (readonly FeatureValue[])[];
+}
+
+export interface OfflineWriteResult {
+  readonly rows: number;
+}
+
+export interface OfflineStore {
+  /**
+   * Makes the storage of a view version exist (tables, columns, partitions' parent): idempotent,
+   * and safe to call from several processes at once. Older versions' rows stay readable.
+   */
+  ensureView(view: FeatureView): Promise<void>;
+  /**
+   * Appends every batch in ONE transaction (COPY): all rows are stored or none. Rejects with
+   * FStoreError 'unavailable' when PostgreSQL cannot be reached, leaving nothing behind.
+   */
+  writeRows(batches: AsyncIterable<OfflineRowBatch> | Iterable<OfflineRowBatch>): Promise<OfflineWriteResult>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,135 @@
+import { type Column, columnToFeatureValues, columnToKeyValues } from '../domain/columns.js';
+import { FStoreError, invalidArgument } from '../domain/errors.js';
+import type { FeatureValue, FeatureView, KeyValue } from '../domain/model.js';
+import type { ServedView } from './registry-cache.js';
+
+/**
+ * Column-major rows as clients send them (online writes, ingest chunks), and their validation
+ * against a view's current version: one piece of code for every write path.
+ */
+
+export interface RowColumns {
+  /** Join key name → one value per row. */
+  readonly entities: ReadonlyMap<string, Column>;
+  readonly features: readonly {
+    readonly name: string;
+    readonly values: Column;
+    readonly nullRows: readonly number[];
+  }[];
+  readonly eventTimes: readonly bigint[];
+  /** Optional: empty means "not given". */
+  readonly createdTimes?: readonly bigint[];
+}
+
+export interface ValidatedRows {
+  readonly rowCount: number;
+  /** Per join key of the view, in order. */
+  readonly keys: (readonly KeyValue[])[];
+  /** Microseconds since the epoch. */
+  readonly eventTimes: number[];
+  /** Microseconds since the epoch; undefined when the client gave none. */
+  readonly createdTimes: number[] | undefined;
+  /** Per feature of the view's current version, in order; null for nulls. */
+  readonly values: FeatureValue[][];
+}
+
+/** The number of rows of the entity columns: all equal, 1 to `maxBatchRows`. */
+export function countRows(entities: ReadonlyMap<string, Column>, maxBatchRows: number): number {
+  let rowCount = -1;
+  let first = '';
+  for (const [name, column] of entities) {
+    if (rowCount === -1) {
+      rowCount = column.values.length;
+      first = name;
+    } else if (column.values.length !== rowCount)
+      throw invalidArgument(
+        `entities["${name}"]`,
+        `has ${column.values.length} rows but entities["${first}"] has ${rowCount}: every key vector needs one value per row`,
+      );
+  }
+  if (rowCount <= 0) throw invalidArgument('entities', 'at least one entity row is required');
+  if (rowCount > maxBatchRows)
+    throw new FStoreError(
+      'resource_exhausted',
+      `entities: ${rowCount} rows, more than the server's maximum batch of ${maxBatchRows} (FSTORE_MAX_BATCH_ROWS)`,
+    );
+  return rowCount;
+}
+
+/** The request's key column of each join key of `view`, checked for presence and type. */
+export function joinKeyColumns(
+  view: FeatureView,
+  entities: ReadonlyMap<string, Column>,
+): (readonly KeyValue[])[] {
+  return view.joinKeys.map((joinKey) => {
+    const column = entities.get(joinKey.name);
+    if (!column)
+      throw invalidArgument('entities', `missing join key "${joinKey.name}" of feature view "${view.name}"`);
+    return columnToKeyValues(`entities["${joinKey.name}"]`, joinKey.type, column);
+  });
+}
+
+const maxMicros = BigInt(Number.MAX_SAFE_INTEGER);
+
+function timesOf(field: string, times: readonly bigint[], rowCount: number, positive: boolean): number[] {
+  if (times.length !== rowCount)
+    throw invalidArgument(field, `has ${times.length} values, expected ${rowCount} (one per row)`);
+  return times.map((micros, row) => {
+    if (positive ? micros <= 0n || micros > maxMicros : micros < -maxMicros || micros > maxMicros)
+      throw invalidArgument(
+        `${field}[${row}]`,
+        positive
+          ? 'must be a positive time in microseconds since the epoch'
+          : 'is outside the representable range of microseconds since the epoch',
+      );
+    return Number(micros);
+  });
+}
+
+/**
+ * Checks rows against the view's current version: every join key, every feature exactly once
+ * with one value of its type per row, one event time per row (positive when `positiveTimes`:
+ * online writes treat 0 as "missing"). Throws FStoreError naming the field.
+ */
+export function validateRows(
+  view: ServedView,
+  rows: RowColumns,
+  options: { readonly maxBatchRows: number; readonly positiveTimes: boolean },
+): ValidatedRows {
+  const { current } = view;
+  const rowCount = countRows(rows.entities, options.maxBatchRows);
+  const eventTimes = timesOf('event_timestamps', rows.eventTimes, rowCount, options.positiveTimes);
+  const createdTimes =
+    rows.createdTimes && rows.createdTimes.length > 0
+      ? timesOf('created_timestamps', rows.createdTimes, rowCount, false)
+      : undefined;
+  const keys = joinKeyColumns(current, rows.entities);
+
+  const indexes = view.featureIndexes.get(current.version) as ReadonlyMap<string, number>;
+  const values = new Array<FeatureValue[] | undefined>(current.features.length);
+  rows.features.forEach((feature, position) => {
+    const index = indexes.get(feature.name);
+    if (index === undefined)
+      throw new FStoreError(
+        'not_found',
+        `features[${position}].name: feature view "${current.name}" has no feature "${feature.name}"`,
+      );
+    if (values[index])
+      throw invalidArgument(`features[${position}].name`, `feature "${feature.name}" is given twice`);
+    values[index] = columnToFeatureValues(
+      `features[${position}].values`,
+      current.features[index]?.type ?? 'double',
+      feature.values,
+      rowCount,
+      feature.nullRows,
+    );
+  });
+  current.features.forEach((feature, index) => {
+    if (!values[index])
+      throw invalidArgument(
+        'features',
+        `missing feature "${feature.name}" of feature view "${current.name}"`,
+      );
+  });
+  return { rowCount, keys, eventTimes, createdTimes, values: values as FeatureValue[][] };
+}
