@@ -2,9 +2,13 @@ import cluster from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import { Command, Option } from 'commander';
 import { pino } from 'pino';
+import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
+import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
 import { resolvePostgres, startServing } from '../app/serve.js';
 import { type Config, type ConfigKey, configDefaults, loadConfig } from '../config/config.js';
 import { FStoreError } from '../domain/errors.js';
+import { createClient } from '../grpc/client.js';
+import { ingestCsv } from './ingest-csv.js';
 
 /** `fstore` — the command-line entry. Flags override FSTORE_* environment variables. */
 
@@ -138,6 +142,45 @@ export function buildProgram(): Command {
       fail(error);
     }
   });
+  program
+    .command('ingest')
+    .description('load a CSV file into the offline store of a feature view (all rows or none)')
+    .requiredOption('--project <project>', 'project of the view')
+    .requiredOption('--view <name>', 'feature view the rows belong to')
+    .requiredOption(
+      '--file <path>',
+      'CSV with a header row: join keys, event_timestamp, [created_timestamp], features',
+    )
+    .option('--address <host:port>', 'fstore server', `localhost:${configDefaults.grpcPort}`)
+    .option('--chunk-rows <n>', 'rows per streamed chunk', '1000')
+    .action(
+      async (flags: { project: string; view: string; file: string; address: string; chunkRows: string }) => {
+        const chunkRows = Number(flags.chunkRows);
+        if (!Number.isInteger(chunkRows) || chunkRows < 1)
+          fail(new Error(`--chunk-rows: "${flags.chunkRows}" is not a positive integer`));
+        const registry = createClient(RegistryService, flags.address);
+        const features = createClient(FeatureService, flags.address);
+        try {
+          const started = Date.now();
+          const { rows } = await ingestCsv(
+            { registry, features },
+            { project: flags.project, featureView: flags.view, file: flags.file, chunkRows },
+          );
+          const seconds = (Date.now() - started) / 1000;
+          process.stdout.write(
+            `ingested ${rows} rows into ${flags.project}/${flags.view} in ${seconds.toFixed(1)} s\n`,
+          );
+        } catch (error) {
+          process.stderr.write(
+            `fstore ingest: ${error instanceof Error ? error.message : String(error)}; nothing was stored\n`,
+          );
+          process.exitCode = 1;
+        } finally {
+          registry.close();
+          features.close();
+        }
+      },
+    );
   return program;
 }
 
