@@ -11,6 +11,7 @@ import { createServiceImplementation, startGrpcServer } from '../grpc/server.js'
 import type { OnlineStore } from '../ports/online-store.js';
 import type { Registry } from '../ports/registry.js';
 import { IngestService } from '../serving/ingest.js';
+import { MaterializeService } from '../serving/materialize.js';
 import { OnlineFeatureService } from '../serving/online-features.js';
 import { RegistryCache } from '../serving/registry-cache.js';
 
@@ -99,6 +100,10 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
     onlineExpiryGraceMs: config.onlineExpiryGraceMs,
   });
   const ingest = new IngestService(cache, offline, { maxBatchRows: config.maxBatchRows });
+  const materialize = new MaterializeService(cache, offline, store, {
+    batchRows: config.materializeBatchRows,
+    onlineExpiryGraceMs: config.onlineExpiryGraceMs,
+  });
   const server = await startGrpcServer(
     {
       host: config.grpcHost,
@@ -112,7 +117,7 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
         service: FeatureService,
         implementation: createServiceImplementation(
           FeatureService,
-          createFeatureServiceHandlers(online, ingest),
+          createFeatureServiceHandlers(online, ingest, materialize),
           logger,
         ),
       },

@@ -17,6 +17,7 @@ export const configDefaults = {
   embeddedPostgresDir: '.fstore/postgres',
   embeddedPostgresPort: 54329,
   maxBatchRows: 1_000,
+  materializeBatchRows: 10_000, // rows per offline fetch and per pipelined online write
   maxMessageBytes: 16 * 1024 * 1024, // 16 MiB, both directions
   shutdownGraceMs: 10_000, // ten seconds of draining before in-flight calls are cut
   onlineExpiryGraceMs: 3_600_000, // keys outlive their ttl by one hour, so reads say OUTSIDE_MAX_AGE before NOT_FOUND
@@ -56,6 +57,7 @@ const settings = {
   embeddedPostgresDir: { env: 'FSTORE_EMBEDDED_POSTGRES_DIR', schema: z.string().min(1) },
   embeddedPostgresPort: { env: 'FSTORE_EMBEDDED_POSTGRES_PORT', schema: integer(1, 65_535) },
   maxBatchRows: { env: 'FSTORE_MAX_BATCH_ROWS', schema: integer(1, 100_000) },
+  materializeBatchRows: { env: 'FSTORE_MATERIALIZE_BATCH_ROWS', schema: integer(1, 1_000_000) },
   maxMessageBytes: { env: 'FSTORE_MAX_MESSAGE_BYTES', schema: integer(1024, 1024 * 1024 * 1024) },
   shutdownGraceMs: { env: 'FSTORE_SHUTDOWN_GRACE_MS', schema: integer(0, 600_000) },
   onlineExpiryGraceMs: { env: 'FSTORE_ONLINE_EXPIRY_GRACE_MS', schema: integer(0, 365 * 24 * 3_600_000) },

@@ -42,13 +42,22 @@ export type ServiceClient<S> = {
           requests: Iterable<MessageInitShape<I>> | AsyncIterable<MessageInitShape<I>>,
           options?: CallOptions,
         ) => Promise<MessageShape<O>>
-      : never;
+      : ServiceMethods<S>[K] extends {
+            methodKind: 'server_streaming';
+            input: infer I extends Schema;
+            output: infer O extends Schema;
+          }
+        ? (request: MessageInitShape<I>, options?: CallOptions) => AsyncIterable<MessageShape<O>>
+        : never;
 } & { close(): void };
 
 export interface ClientOptions {
   readonly credentials?: ChannelCredentials;
   readonly channelOptions?: ChannelOptions;
 }
+
+const isServiceError = (error: unknown): error is ServiceError =>
+  error instanceof Error && typeof (error as Partial<ServiceError>).code === 'number' && 'metadata' in error;
 
 export function createClient<S extends DescService>(
   service: S,
@@ -81,6 +90,28 @@ export function createClient<S extends DescService>(
               error ? reject(fromServiceError(error)) : resolve(response),
           );
         });
+    } else if (method.methodKind === 'server_streaming') {
+      methods[method.localName] = async function* (
+        request: MessageInitShape<Schema>,
+        options: CallOptions = {},
+      ) {
+        const call = client.makeServerStreamRequest(
+          path,
+          requestSerialize,
+          responseDeserialize,
+          create(method.input, request),
+          options.metadata ?? new Metadata(),
+          callOptionsOf(options),
+        );
+        try {
+          // Pulled at the caller's pace: the stream pauses, and HTTP/2 flow control slows the server.
+          for await (const response of call) yield response;
+        } catch (error) {
+          throw isServiceError(error) ? fromServiceError(error) : FStoreError.from(error, 'unavailable');
+        } finally {
+          call.cancel();
+        }
+      };
     } else if (method.methodKind === 'client_streaming') {
       methods[method.localName] = (
         requests: Iterable<MessageInitShape<Schema>> | AsyncIterable<MessageInitShape<Schema>>,

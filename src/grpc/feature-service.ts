@@ -1,5 +1,6 @@
 import { FeatureService, type IngestFeaturesRequest } from '../../gen/fstore/v1/feature_service_pb.js';
 import type { IngestMessage, IngestService } from '../serving/ingest.js';
+import type { MaterializeService } from '../serving/materialize.js';
 import type { OnlineFeatureService } from '../serving/online-features.js';
 import { encodeOnlineResponse } from './online-response-encoder.js';
 import type { ServiceHandlers } from './server.js';
@@ -37,6 +38,7 @@ async function* ingestMessages(
 export function createFeatureServiceHandlers(
   online: OnlineFeatureService,
   ingest: IngestService,
+  materialize: MaterializeService,
 ): ServiceHandlers<typeof FeatureService> {
   return {
     async getOnlineFeatures(request, { signal }) {
@@ -68,6 +70,29 @@ export function createFeatureServiceHandlers(
         signal,
       );
       return { rowsWritten: result.written, rowsStale: result.stale };
+    },
+
+    async *materialize(request, { signal }) {
+      const runs = materialize.materialize(
+        {
+          project: request.project,
+          featureViews: request.featureViews,
+          startMicros: Number(request.startTime),
+          endMicros: Number(request.endTime),
+          incremental: request.incremental,
+        },
+        signal,
+      );
+      for await (const progress of runs)
+        yield {
+          featureView: progress.featureView,
+          startTime: BigInt(progress.startMicros),
+          endTime: BigInt(progress.endMicros),
+          rowsRead: BigInt(progress.rowsRead),
+          rowsWritten: BigInt(progress.rowsWritten),
+          rowsStale: BigInt(progress.rowsStale),
+          done: progress.done,
+        };
     },
 
     async ingestFeatures(requests, { signal }) {

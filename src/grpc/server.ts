@@ -1,3 +1,4 @@
+import { type EventEmitter, once } from 'node:events';
 import {
   create,
   type DescFile,
@@ -13,6 +14,7 @@ import {
   ServerCredentials,
   type ServerReadableStream,
   type ServerUnaryCall,
+  type ServerWritableStream,
   type sendUnaryData,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
@@ -51,7 +53,13 @@ export type ServiceHandlers<S> = {
           requests: AsyncIterable<MessageShape<I>>,
           context: CallContext,
         ) => Promise<MessageInitShape<O> | EncodedMessage>
-      : never;
+      : ServiceMethods<S>[K] extends {
+            methodKind: 'server_streaming';
+            input: infer I extends Schema;
+            output: infer O extends Schema;
+          }
+        ? (request: MessageShape<I>, context: CallContext) => AsyncIterable<MessageInitShape<O>>
+        : never;
 };
 
 export interface ServerLogger {
@@ -61,7 +69,12 @@ export interface ServerLogger {
   error(object: object, message: string): void;
 }
 
-function deadlineSignal(call: ServerUnaryCall<unknown, unknown> | ServerReadableStream<unknown, unknown>): {
+function deadlineSignal(
+  call:
+    | ServerUnaryCall<unknown, unknown>
+    | ServerReadableStream<unknown, unknown>
+    | ServerWritableStream<unknown, unknown>,
+): {
   signal: AbortSignal;
   release: () => void;
 } {
@@ -79,12 +92,13 @@ function deadlineSignal(call: ServerUnaryCall<unknown, unknown> | ServerReadable
     );
   }
   const onCancel = () => controller.abort(new FStoreError('cancelled', 'the client cancelled the call'));
-  call.once('cancelled', onCancel);
+  const events = call as EventEmitter;
+  events.once('cancelled', onCancel);
   return {
     signal: controller.signal,
     release: () => {
       if (timer) clearTimeout(timer);
-      call.removeListener('cancelled', onCancel);
+      events.removeListener('cancelled', onCancel);
     },
   };
 }
@@ -120,6 +134,42 @@ export function createServiceImplementation<S extends DescService>(
       method.localName
     ];
     if (!handler) throw new Error(`no handler for ${service.typeName}.${method.name}`);
+    const failed = (reason: unknown) => {
+      if (reason instanceof FStoreError)
+        logger.debug({ method: method.name, code: reason.code, err: reason }, 'call failed');
+      else logger.error({ method: method.name, err: reason }, 'unexpected error in handler');
+      return toServiceError(reason);
+    };
+    if (method.methodKind === 'server_streaming') {
+      implementation[method.localName] = (call: ServerWritableStream<unknown, unknown>) => {
+        const { signal, release } = deadlineSignal(call);
+        const responses = (
+          handler as unknown as (request: unknown, context: CallContext) => AsyncIterable<object>
+        )(call.request, { signal, metadata: call.metadata });
+        (async () => {
+          for await (const response of responses) {
+            if (signal.aborted) throw signal.reason;
+            // Backpressure: a slow client slows the handler down instead of filling memory.
+            if (!call.write(create(method.output, response as MessageInitShape<typeof method.output>)))
+              await once(call, 'drain');
+          }
+        })().then(
+          () => {
+            release();
+            call.end();
+          },
+          (reason: unknown) => {
+            release();
+            if (
+              !signal.aborted ||
+              !(signal.reason instanceof FStoreError && signal.reason.code === 'cancelled')
+            )
+              call.emit('error', failed(reason));
+          },
+        );
+      };
+      continue;
+    }
     if (method.methodKind !== 'unary' && method.methodKind !== 'client_streaming')
       throw new Error(
         `${service.typeName}.${method.name}: ${method.methodKind} methods are not supported yet`,
@@ -145,10 +195,7 @@ export function createServiceImplementation<S extends DescService>(
         },
         (reason: unknown) => {
           release();
-          if (reason instanceof FStoreError)
-            logger.debug({ method: method.name, code: reason.code, err: reason }, 'call failed');
-          else logger.error({ method: method.name, err: reason }, 'unexpected error in handler');
-          callback(toServiceError(reason));
+          callback(failed(reason));
         },
       );
     };

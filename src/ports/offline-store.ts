@@ -24,6 +24,12 @@ export interface OfflineWriteResult {
   readonly rows: number;
 }
 
+/** A half-open range of event times, microseconds since the epoch: [start, end). */
+export interface TimeRange {
+  readonly startMicros: number;
+  readonly endMicros: number;
+}
+
 export interface OfflineStore {
   /**
    * Makes the storage of a view version exist (tables, columns, partitions' parent): idempotent,
@@ -35,5 +41,21 @@ export interface OfflineStore {
    * FStoreError 'unavailable' when PostgreSQL cannot be reached, leaving nothing behind.
    */
   writeRows(batches: AsyncIterable<OfflineRowBatch> | Iterable<OfflineRowBatch>): Promise<OfflineWriteResult>;
+  /**
+   * The latest row per entity among the rows of `range` (greatest event time, ties by latest
+   * created time), in the layout of `view` (the current version: features that a row's own
+   * version lacked, or typed differently, are null). Streamed from a server-side cursor in
+   * batches of at most `batchRows`, from one consistent snapshot; stopping the iteration early
+   * (break, throw, `signal`) ends the query.
+   */
+  readLatest(
+    view: FeatureView,
+    range: TimeRange,
+    options: { readonly batchRows: number; readonly signal?: AbortSignal },
+  ): AsyncIterable<OfflineRowBatch>;
+  /** The end of the last recorded materialization of the view, or undefined. */
+  lastMaterializedEnd(viewId: number): Promise<number | undefined>;
+  /** Records that the view was materialized up to `endMicros` (kept when later than the stored end). */
+  recordMaterialized(viewId: number, range: TimeRange): Promise<void>;
   close(): Promise<void>;
 }

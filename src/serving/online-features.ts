@@ -1,7 +1,7 @@
 import { type Column, zeroValue } from '../domain/columns.js';
 import { FStoreError, invalidArgument } from '../domain/errors.js';
 import { computeFeatureStatus, type FeatureStatus, onlineExpiryMs } from '../domain/feature-status.js';
-import type { FeatureValue, KeyValue, ValueType } from '../domain/model.js';
+import type { FeatureValue, FeatureView, KeyValue, ValueType } from '../domain/model.js';
 import {
   type DecodedOnlineRow,
   decodeOnlineRow,
@@ -86,6 +86,37 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): 
       },
     );
   });
+}
+
+/**
+ * Online store entries of validated column-major rows of `view` (its current version): the keys,
+ * the encoded rows and their expiry. The one encoding of every online write path (pushes,
+ * materialization).
+ */
+export function toOnlineEntries(
+  view: FeatureView,
+  keys: readonly (readonly KeyValue[])[],
+  eventTimes: readonly number[],
+  values: readonly (readonly FeatureValue[])[],
+  expiryGraceMs: number,
+): OnlineEntry[] {
+  const rowCount = eventTimes.length;
+  const entries: OnlineEntry[] = new Array(rowCount);
+  const parts: KeyValue[] = new Array(keys.length);
+  const rowValues: FeatureValue[] = new Array(view.features.length);
+  for (let row = 0; row < rowCount; row++) {
+    for (let part = 0; part < keys.length; part++)
+      parts[part] = (keys[part] as readonly KeyValue[])[row] as KeyValue;
+    for (let index = 0; index < values.length; index++)
+      rowValues[index] = (values[index] as readonly FeatureValue[])[row] as FeatureValue;
+    const eventTime = eventTimes[row] as number;
+    entries[row] = {
+      key: encodeOnlineKey(view.id, parts),
+      value: encodeOnlineRow(view.version, eventTime, view.features, rowValues),
+      expireAtMs: onlineExpiryMs(eventTime, view.ttlMs, expiryGraceMs),
+    };
+  }
+  return entries;
 }
 
 /**
@@ -245,7 +276,6 @@ export class OnlineFeatureService {
         `feature_view: feature view "${current.name}" is not served online`,
       );
     const {
-      rowCount,
       keys: keyColumns,
       eventTimes,
       values: columns,
@@ -255,21 +285,13 @@ export class OnlineFeatureService {
       { maxBatchRows: this.options.maxBatchRows, positiveTimes: true },
     );
 
-    const entries: OnlineEntry[] = new Array(rowCount);
-    const parts: KeyValue[] = new Array(keyColumns.length);
-    const rowValues: FeatureValue[] = new Array(current.features.length);
-    for (let row = 0; row < rowCount; row++) {
-      for (let part = 0; part < keyColumns.length; part++)
-        parts[part] = (keyColumns[part] as readonly KeyValue[])[row] as KeyValue;
-      for (let index = 0; index < columns.length; index++)
-        rowValues[index] = (columns[index] as FeatureValue[])[row] as FeatureValue;
-      const eventTime = eventTimes[row] as number;
-      entries[row] = {
-        key: encodeOnlineKey(current.id, parts),
-        value: encodeOnlineRow(current.version, eventTime, current.features, rowValues),
-        expireAtMs: onlineExpiryMs(eventTime, current.ttlMs, this.options.onlineExpiryGraceMs),
-      };
-    }
+    const entries = toOnlineEntries(
+      current,
+      keyColumns,
+      eventTimes,
+      columns,
+      this.options.onlineExpiryGraceMs,
+    );
     return untilAborted(this.store.writeMany(entries), signal);
   }
 

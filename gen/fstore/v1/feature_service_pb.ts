@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fstore/v1/feature_service.proto.
  */
 export const file_fstore_v1_feature_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9mc3RvcmUvdjEvZmVhdHVyZV9zZXJ2aWNlLnByb3RvEglmc3RvcmUudjEi2wEKGEdldE9ubGluZUZlYXR1cmVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhAKCGZlYXR1cmVzGAIgAygJEhMKC2ZlYXR1cmVfc2V0GAMgASgJEkMKCGVudGl0aWVzGAQgAygLMjEuZnN0b3JlLnYxLkdldE9ubGluZUZlYXR1cmVzUmVxdWVzdC5FbnRpdGllc0VudHJ5GkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEihgEKDUZlYXR1cmVDb2x1bW4SDAoEbmFtZRgBIAEoCRIhCgZ2YWx1ZXMYAiABKAsyES5mc3RvcmUudjEuVmVjdG9yEioKCHN0YXR1c2VzGAMgAygOMhguZnN0b3JlLnYxLkZlYXR1cmVTdGF0dXMSGAoQZXZlbnRfdGltZXN0YW1wcxgEIAMoAyJdChlHZXRPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEioKCGZlYXR1cmVzGAEgAygLMhguZnN0b3JlLnYxLkZlYXR1cmVDb2x1bW4SFAoMcmVxdWVzdF90aW1lGAIgASgDIlgKEkZlYXR1cmVDb2x1bW5Xcml0ZRIMCgRuYW1lGAEgASgJEiEKBnZhbHVlcxgCIAEoCzIRLmZzdG9yZS52MS5WZWN0b3ISEQoJbnVsbF9yb3dzGAMgAygNIpkCChpXcml0ZU9ubGluZUZlYXR1cmVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhQKDGZlYXR1cmVfdmlldxgCIAEoCRJFCghlbnRpdGllcxgDIAMoCzIzLmZzdG9yZS52MS5Xcml0ZU9ubGluZUZlYXR1cmVzUmVxdWVzdC5FbnRpdGllc0VudHJ5Ei8KCGZlYXR1cmVzGAQgAygLMh0uZnN0b3JlLnYxLkZlYXR1cmVDb2x1bW5Xcml0ZRIYChBldmVudF90aW1lc3RhbXBzGAUgAygDGkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEiRwobV3JpdGVPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEhQKDHJvd3Nfd3JpdHRlbhgBIAEoDRISCgpyb3dzX3N0YWxlGAIgASgNIpcBChVJbmdlc3RGZWF0dXJlc1JlcXVlc3QSKQoGaGVhZGVyGAEgASgLMhcuZnN0b3JlLnYxLkluZ2VzdEhlYWRlckgAEiMKBHJvd3MYAiABKAsyEy5mc3RvcmUudjEuUm93Q2h1bmtIABIjCgNlbmQYAyABKAsyFC5mc3RvcmUudjEuSW5nZXN0RW5kSABCCQoHbWVzc2FnZSIeCglJbmdlc3RFbmQSEQoJcm93X2NvdW50GAEgASgEIjUKDEluZ2VzdEhlYWRlchIPCgdwcm9qZWN0GAEgASgJEhQKDGZlYXR1cmVfdmlldxgCIAEoCSLqAQoIUm93Q2h1bmsSMwoIZW50aXRpZXMYASADKAsyIS5mc3RvcmUudjEuUm93Q2h1bmsuRW50aXRpZXNFbnRyeRIvCghmZWF0dXJlcxgCIAMoCzIdLmZzdG9yZS52MS5GZWF0dXJlQ29sdW1uV3JpdGUSGAoQZXZlbnRfdGltZXN0YW1wcxgDIAMoAxIaChJjcmVhdGVkX3RpbWVzdGFtcHMYBCADKAMaQgoNRW50aXRpZXNFbnRyeRILCgNrZXkYASABKAkSIAoFdmFsdWUYAiABKAsyES5mc3RvcmUudjEuVmVjdG9yOgI4ASIvChZJbmdlc3RGZWF0dXJlc1Jlc3BvbnNlEhUKDXJvd3NfaW5nZXN0ZWQYASABKAQyrwIKDkZlYXR1cmVTZXJ2aWNlEl4KEUdldE9ubGluZUZlYXR1cmVzEiMuZnN0b3JlLnYxLkdldE9ubGluZUZlYXR1cmVzUmVxdWVzdBokLmZzdG9yZS52MS5HZXRPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEmQKE1dyaXRlT25saW5lRmVhdHVyZXMSJS5mc3RvcmUudjEuV3JpdGVPbmxpbmVGZWF0dXJlc1JlcXVlc3QaJi5mc3RvcmUudjEuV3JpdGVPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlElcKDkluZ2VzdEZlYXR1cmVzEiAuZnN0b3JlLnYxLkluZ2VzdEZlYXR1cmVzUmVxdWVzdBohLmZzdG9yZS52MS5Jbmdlc3RGZWF0dXJlc1Jlc3BvbnNlKAFiBnByb3RvMw", [file_fstore_v1_values]);
+  fileDesc("Ch9mc3RvcmUvdjEvZmVhdHVyZV9zZXJ2aWNlLnByb3RvEglmc3RvcmUudjEi2wEKGEdldE9ubGluZUZlYXR1cmVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhAKCGZlYXR1cmVzGAIgAygJEhMKC2ZlYXR1cmVfc2V0GAMgASgJEkMKCGVudGl0aWVzGAQgAygLMjEuZnN0b3JlLnYxLkdldE9ubGluZUZlYXR1cmVzUmVxdWVzdC5FbnRpdGllc0VudHJ5GkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEihgEKDUZlYXR1cmVDb2x1bW4SDAoEbmFtZRgBIAEoCRIhCgZ2YWx1ZXMYAiABKAsyES5mc3RvcmUudjEuVmVjdG9yEioKCHN0YXR1c2VzGAMgAygOMhguZnN0b3JlLnYxLkZlYXR1cmVTdGF0dXMSGAoQZXZlbnRfdGltZXN0YW1wcxgEIAMoAyJdChlHZXRPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEioKCGZlYXR1cmVzGAEgAygLMhguZnN0b3JlLnYxLkZlYXR1cmVDb2x1bW4SFAoMcmVxdWVzdF90aW1lGAIgASgDIlgKEkZlYXR1cmVDb2x1bW5Xcml0ZRIMCgRuYW1lGAEgASgJEiEKBnZhbHVlcxgCIAEoCzIRLmZzdG9yZS52MS5WZWN0b3ISEQoJbnVsbF9yb3dzGAMgAygNIpkCChpXcml0ZU9ubGluZUZlYXR1cmVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhQKDGZlYXR1cmVfdmlldxgCIAEoCRJFCghlbnRpdGllcxgDIAMoCzIzLmZzdG9yZS52MS5Xcml0ZU9ubGluZUZlYXR1cmVzUmVxdWVzdC5FbnRpdGllc0VudHJ5Ei8KCGZlYXR1cmVzGAQgAygLMh0uZnN0b3JlLnYxLkZlYXR1cmVDb2x1bW5Xcml0ZRIYChBldmVudF90aW1lc3RhbXBzGAUgAygDGkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEiRwobV3JpdGVPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEhQKDHJvd3Nfd3JpdHRlbhgBIAEoDRISCgpyb3dzX3N0YWxlGAIgASgNIpcBChVJbmdlc3RGZWF0dXJlc1JlcXVlc3QSKQoGaGVhZGVyGAEgASgLMhcuZnN0b3JlLnYxLkluZ2VzdEhlYWRlckgAEiMKBHJvd3MYAiABKAsyEy5mc3RvcmUudjEuUm93Q2h1bmtIABIjCgNlbmQYAyABKAsyFC5mc3RvcmUudjEuSW5nZXN0RW5kSABCCQoHbWVzc2FnZSIeCglJbmdlc3RFbmQSEQoJcm93X2NvdW50GAEgASgEIjUKDEluZ2VzdEhlYWRlchIPCgdwcm9qZWN0GAEgASgJEhQKDGZlYXR1cmVfdmlldxgCIAEoCSLqAQoIUm93Q2h1bmsSMwoIZW50aXRpZXMYASADKAsyIS5mc3RvcmUudjEuUm93Q2h1bmsuRW50aXRpZXNFbnRyeRIvCghmZWF0dXJlcxgCIAMoCzIdLmZzdG9yZS52MS5GZWF0dXJlQ29sdW1uV3JpdGUSGAoQZXZlbnRfdGltZXN0YW1wcxgDIAMoAxIaChJjcmVhdGVkX3RpbWVzdGFtcHMYBCADKAMaQgoNRW50aXRpZXNFbnRyeRILCgNrZXkYASABKAkSIAoFdmFsdWUYAiABKAsyES5mc3RvcmUudjEuVmVjdG9yOgI4ASIvChZJbmdlc3RGZWF0dXJlc1Jlc3BvbnNlEhUKDXJvd3NfaW5nZXN0ZWQYASABKAQidwoSTWF0ZXJpYWxpemVSZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkSFQoNZmVhdHVyZV92aWV3cxgCIAMoCRISCgpzdGFydF90aW1lGAMgASgDEhAKCGVuZF90aW1lGAQgASgDEhMKC2luY3JlbWVudGFsGAUgASgIIpwBChNNYXRlcmlhbGl6ZVJlc3BvbnNlEhQKDGZlYXR1cmVfdmlldxgBIAEoCRISCgpzdGFydF90aW1lGAIgASgDEhAKCGVuZF90aW1lGAMgASgDEhEKCXJvd3NfcmVhZBgEIAEoBBIUCgxyb3dzX3dyaXR0ZW4YBSABKAQSEgoKcm93c19zdGFsZRgGIAEoBBIMCgRkb25lGAcgASgIMv8CCg5GZWF0dXJlU2VydmljZRJeChFHZXRPbmxpbmVGZWF0dXJlcxIjLmZzdG9yZS52MS5HZXRPbmxpbmVGZWF0dXJlc1JlcXVlc3QaJC5mc3RvcmUudjEuR2V0T25saW5lRmVhdHVyZXNSZXNwb25zZRJkChNXcml0ZU9ubGluZUZlYXR1cmVzEiUuZnN0b3JlLnYxLldyaXRlT25saW5lRmVhdHVyZXNSZXF1ZXN0GiYuZnN0b3JlLnYxLldyaXRlT25saW5lRmVhdHVyZXNSZXNwb25zZRJXCg5Jbmdlc3RGZWF0dXJlcxIgLmZzdG9yZS52MS5Jbmdlc3RGZWF0dXJlc1JlcXVlc3QaIS5mc3RvcmUudjEuSW5nZXN0RmVhdHVyZXNSZXNwb25zZSgBEk4KC01hdGVyaWFsaXplEh0uZnN0b3JlLnYxLk1hdGVyaWFsaXplUmVxdWVzdBoeLmZzdG9yZS52MS5NYXRlcmlhbGl6ZVJlc3BvbnNlMAFiBnByb3RvMw", [file_fstore_v1_values]);
 
 /**
  * @generated from message fstore.v1.GetOnlineFeaturesRequest
@@ -380,6 +380,110 @@ export const IngestFeaturesResponseSchema: GenMessage<IngestFeaturesResponse> = 
   messageDesc(file_fstore_v1_feature_service, 10);
 
 /**
+ * @generated from message fstore.v1.MaterializeRequest
+ */
+export type MaterializeRequest = Message<"fstore.v1.MaterializeRequest"> & {
+  /**
+   * @generated from field: string project = 1;
+   */
+  project: string;
+
+  /**
+   * Views to materialize; empty: every online view of the project.
+   *
+   * @generated from field: repeated string feature_views = 2;
+   */
+  featureViews: string[];
+
+  /**
+   * Event times from (inclusive), microseconds since the Unix epoch.
+   *
+   * @generated from field: int64 start_time = 3;
+   */
+  startTime: bigint;
+
+  /**
+   * Event times until (exclusive), microseconds since the Unix epoch; 0: now.
+   *
+   * @generated from field: int64 end_time = 4;
+   */
+  endTime: bigint;
+
+  /**
+   * Start each view where its previous run ended; `start_time` is used for a view's first run.
+   *
+   * @generated from field: bool incremental = 5;
+   */
+  incremental: boolean;
+};
+
+/**
+ * Describes the message fstore.v1.MaterializeRequest.
+ * Use `create(MaterializeRequestSchema)` to create a new message.
+ */
+export const MaterializeRequestSchema: GenMessage<MaterializeRequest> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_feature_service, 11);
+
+/**
+ * Progress of a materialization run.
+ *
+ * @generated from message fstore.v1.MaterializeResponse
+ */
+export type MaterializeResponse = Message<"fstore.v1.MaterializeResponse"> & {
+  /**
+   * @generated from field: string feature_view = 1;
+   */
+  featureView: string;
+
+  /**
+   * The range of this view's run, microseconds since the Unix epoch: [start_time, end_time).
+   *
+   * @generated from field: int64 start_time = 2;
+   */
+  startTime: bigint;
+
+  /**
+   * @generated from field: int64 end_time = 3;
+   */
+  endTime: bigint;
+
+  /**
+   * Entities read from the offline store so far (one latest row each).
+   *
+   * @generated from field: uint64 rows_read = 4;
+   */
+  rowsRead: bigint;
+
+  /**
+   * Rows stored online so far.
+   *
+   * @generated from field: uint64 rows_written = 5;
+   */
+  rowsWritten: bigint;
+
+  /**
+   * Rows skipped because the online store held a newer row.
+   *
+   * @generated from field: uint64 rows_stale = 6;
+   */
+  rowsStale: bigint;
+
+  /**
+   * This view's run is complete and recorded.
+   *
+   * @generated from field: bool done = 7;
+   */
+  done: boolean;
+};
+
+/**
+ * Describes the message fstore.v1.MaterializeResponse.
+ * Use `create(MaterializeResponseSchema)` to create a new message.
+ */
+export const MaterializeResponseSchema: GenMessage<MaterializeResponse> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_feature_service, 12);
+
+/**
  * Online feature serving.
  *
  * Errors use the standard gRPC codes, with a message naming the offending field:
@@ -431,6 +535,19 @@ export const FeatureService: GenService<{
     methodKind: "client_streaming";
     input: typeof IngestFeaturesRequestSchema;
     output: typeof IngestFeaturesResponseSchema;
+  },
+  /**
+   * Copies, for each online view, the latest row per entity among the offline rows of a time
+   * range to the online store, through the same last-write-wins write as pushes: a newer online
+   * row is never overwritten, so runs may be repeated or run concurrently. Streams progress
+   * after every batch and once per view when it is done.
+   *
+   * @generated from rpc fstore.v1.FeatureService.Materialize
+   */
+  materialize: {
+    methodKind: "server_streaming";
+    input: typeof MaterializeRequestSchema;
+    output: typeof MaterializeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fstore_v1_feature_service, 0);

@@ -7,6 +7,7 @@ import type { FeatureView } from '../../../domain/model.js';
 import type { OfflineRowBatch, OfflineStore, OfflineWriteResult } from '../../../ports/offline-store.js';
 import { createPostgresPool, type PostgresPool, quoteIdentifier, translateDatabaseError } from '../pool.js';
 import { copyColumns, encodeBatch, valuePath } from './binary-copy.js';
+import { type LatestRowsColumns, latestRowsQuery, toColumns } from './latest-rows.js';
 import { type PostgresOfflineStoreOptionsInput, resolvePostgresOfflineStoreOptions } from './options.js';
 import {
   columnsTable,
@@ -71,6 +72,12 @@ export async function createPostgresOfflineStore(
         column_name text    NOT NULL,
         value_type  text    NOT NULL,
         PRIMARY KEY (view_id, version, role, name)
+      )`);
+      await client.query(`CREATE TABLE IF NOT EXISTS ${table(materializationsTable)} (
+        view_id     integer     PRIMARY KEY,
+        start_time  timestamptz NOT NULL,
+        end_time    timestamptz NOT NULL,
+        recorded_at timestamptz NOT NULL DEFAULT now()
       )`);
     });
   } catch (error) {
@@ -249,13 +256,17 @@ export async function createPostgresOfflineStore(
     if (closed) throw new FStoreError('unavailable', `${purpose} (PostgreSQL): the offline store is closed`);
   };
 
+  async function ensureViewLayout(view: FeatureView): Promise<void> {
+    assertOpen();
+    const key = layoutKey(view);
+    if (layouts.has(key)) return;
+    const layout = await pool.transaction((client) => ensureLayout(client, view));
+    layouts.set(key, layout);
+  }
+
   return {
     async ensureView(view) {
-      assertOpen();
-      const key = layoutKey(view);
-      if (layouts.has(key)) return;
-      const layout = await pool.transaction((client) => ensureLayout(client, view));
-      layouts.set(key, layout);
+      await ensureViewLayout(view);
     },
 
     async writeRows(batches): Promise<OfflineWriteResult> {
@@ -323,10 +334,157 @@ export async function createPostgresOfflineStore(
       });
     },
 
+    async *readLatest(view, range, { batchRows, signal }) {
+      assertOpen();
+      await ensureViewLayout(view);
+      const layout = layouts.get(layoutKey(view)) as ViewLayout;
+      const query = latestRowsQuery(layout, table(layout.table));
+      // The cursor lives in a transaction on one connection; batches are handed over one at a
+      // time, so the database is read no faster than the consumer takes them.
+      const handoff = createHandoff<LatestRowsColumns>();
+      const reading = pool
+        .transaction(
+          async (client) => {
+            const exists = await client.query<{ exists: boolean }>(
+              'SELECT to_regclass($1) IS NOT NULL AS exists',
+              [table(layout.table)],
+            );
+            if (!exists.rows[0]?.exists) return;
+            await client.query(`DECLARE latest_rows NO SCROLL CURSOR FOR ${query}`, [
+              String(range.startMicros),
+              String(range.endMicros),
+            ]);
+            for (;;) {
+              const result = await client.query<Record<string, unknown>>(
+                `FETCH ${batchRows} FROM latest_rows`,
+              );
+              if (result.rows.length === 0) return;
+              if (!(await handoff.put(toColumns(layout, result.rows)))) return; // the consumer stopped
+            }
+          },
+          { isolation: 'repeatable read', readOnly: true, attempts: 1 },
+        )
+        .then(
+          () => handoff.end(),
+          (error: unknown) => handoff.fail(translateDatabaseError(error, purpose)),
+        );
+      const onAbort = () => handoff.stop();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        for (;;) {
+          const next = await handoff.take();
+          if (next === undefined) break;
+          if (signal?.aborted) throw signal.reason;
+          yield {
+            view,
+            keys: next.keys,
+            eventTimes: next.eventTimes,
+            createdTimes: next.createdTimes,
+            values: next.values,
+          };
+        }
+      } finally {
+        signal?.removeEventListener('abort', onAbort);
+        handoff.stop();
+        await reading;
+      }
+    },
+
+    async lastMaterializedEnd(viewId) {
+      assertOpen();
+      const result = await pool
+        .query<{ end_micros: string }>(
+          `SELECT ${microsOf('end_time')} AS end_micros FROM ${table(materializationsTable)} WHERE view_id = $1`,
+          [viewId],
+        )
+        .catch((error: unknown) => {
+          throw translateDatabaseError(error, purpose);
+        });
+      const row = result.rows[0];
+      return row ? Number(row.end_micros) : undefined;
+    },
+
+    async recordMaterialized(viewId, range) {
+      assertOpen();
+      await pool
+        .query(
+          `INSERT INTO ${table(materializationsTable)} (view_id, start_time, end_time)
+           VALUES ($1, to_timestamp($2::numeric / 1000000), to_timestamp($3::numeric / 1000000))
+           ON CONFLICT (view_id) DO UPDATE SET start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
+             recorded_at = now()
+           WHERE ${table(materializationsTable)}.end_time < EXCLUDED.end_time`,
+          [viewId, String(range.startMicros), String(range.endMicros)],
+        )
+        .catch((error: unknown) => {
+          throw translateDatabaseError(error, purpose);
+        });
+    },
+
     async close() {
       if (closed) return;
       closed = true;
       if (options.ownsPool) await pool.end();
+    },
+  };
+}
+
+const materializationsTable = 'offline_materializations';
+
+const microsOf = (column: string) => `((EXTRACT(EPOCH FROM ${column}) * 1000000)::bigint)::text`;
+
+/**
+ * A one-slot channel between the cursor's transaction (producer) and the consumer's iteration:
+ * `put` resolves once the item is taken (true) or the consumer stopped (false).
+ */
+function createHandoff<T>() {
+  let item: T | undefined;
+  let done = false;
+  let failure: unknown;
+  let stopped = false;
+  let wakeConsumer: (() => void) | undefined;
+  let wakeProducer: ((taken: boolean) => void) | undefined;
+  const notifyConsumer = () => {
+    wakeConsumer?.();
+    wakeConsumer = undefined;
+  };
+  return {
+    put(value: T): Promise<boolean> {
+      if (stopped) return Promise.resolve(false);
+      item = value;
+      notifyConsumer();
+      return new Promise<boolean>((resolve) => {
+        wakeProducer = resolve;
+      });
+    },
+    end() {
+      done = true;
+      notifyConsumer();
+    },
+    fail(error: unknown) {
+      failure = error;
+      done = true;
+      notifyConsumer();
+    },
+    stop() {
+      stopped = true;
+      wakeProducer?.(false);
+      wakeProducer = undefined;
+    },
+    async take(): Promise<T | undefined> {
+      for (;;) {
+        if (item !== undefined) {
+          const value = item;
+          item = undefined;
+          wakeProducer?.(true);
+          wakeProducer = undefined;
+          return value;
+        }
+        if (failure !== undefined) throw failure;
+        if (done) return undefined;
+        await new Promise<void>((resolve) => {
+          wakeConsumer = resolve;
+        });
+      }
     },
   };
 }

@@ -1,0 +1,71 @@
+import type { FeatureValue, KeyValue } from '../../../domain/model.js';
+import { quoteIdentifier } from '../pool.js';
+import type { ColumnMapping, ViewLayout } from './table-layout.js';
+
+/**
+ * The SQL of "latest row per entity in a time range" and the conversion of its result rows into
+ * column-major values. Every column is selected in a form that converts exactly: bigint and
+ * timestamps as text (microseconds), never through a JavaScript Date or a float.
+ */
+
+const micros = (expression: string) => `((EXTRACT(EPOCH FROM ${expression}) * 1000000)::bigint)::text`;
+
+function selectExpression(mapping: ColumnMapping): string {
+  const column = quoteIdentifier(mapping.columnName);
+  switch (mapping.valueType) {
+    case 'int64':
+      return `${column}::text`;
+    case 'int64_list':
+      return `${column}::text[]`;
+    case 'timestamp':
+      return micros(column);
+    default:
+      return column;
+  }
+}
+
+/** DISTINCT ON the keys, newest event time first, ties by newest created time. */
+export function latestRowsQuery(layout: ViewLayout, qualifiedTable: string): string {
+  const keys = layout.keys.map((key) => quoteIdentifier(key.columnName));
+  const columns = [
+    ...layout.keys.map((key, index) => `${selectExpression(key)} AS k${index}`),
+    `${micros('event_time')} AS event_time`,
+    `${micros('created_time')} AS created_time`,
+    ...layout.features.map((feature, index) => `${selectExpression(feature)} AS f${index}`),
+  ];
+  return `SELECT DISTINCT ON (${keys.join(', ')}) ${columns.join(', ')}
+    FROM ${qualifiedTable}
+    WHERE event_time >= to_timestamp($1::numeric / 1000000) AND event_time < to_timestamp($2::numeric / 1000000)
+      AND ${keys.map((key) => `${key} IS NOT NULL`).join(' AND ')}
+    ORDER BY ${keys.join(', ')}, event_time DESC, created_time DESC`;
+}
+
+function toValue(mapping: ColumnMapping, raw: unknown): FeatureValue {
+  if (raw === null || raw === undefined) return null;
+  switch (mapping.valueType) {
+    case 'int64':
+      return BigInt(raw as string);
+    case 'int64_list':
+      return (raw as string[]).map((item) => BigInt(item));
+    case 'timestamp':
+      return Number(raw as string);
+    default:
+      return raw as FeatureValue;
+  }
+}
+
+export interface LatestRowsColumns {
+  readonly keys: KeyValue[][];
+  readonly eventTimes: number[];
+  readonly createdTimes: number[];
+  readonly values: FeatureValue[][];
+}
+
+export function toColumns(layout: ViewLayout, rows: readonly Record<string, unknown>[]): LatestRowsColumns {
+  return {
+    keys: layout.keys.map((key, index) => rows.map((row) => toValue(key, row[`k${index}`]) as KeyValue)),
+    eventTimes: rows.map((row) => Number(row.event_time as string)),
+    createdTimes: rows.map((row) => Number(row.created_time as string)),
+    values: layout.features.map((feature, index) => rows.map((row) => toValue(feature, row[`f${index}`]))),
+  };
+}
