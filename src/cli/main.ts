@@ -8,7 +8,7 @@ import { resolvePostgres, startServing } from '../app/serve.js';
 import { type Config, type ConfigKey, configDefaults, loadConfig } from '../config/config.js';
 import { FStoreError } from '../domain/errors.js';
 import { createClient } from '../grpc/client.js';
-import { ingestCsv } from './ingest-csv.js';
+import { ingestCsv, parseTimestampMicros } from './ingest-csv.js';
 
 /** `fstore` — the command-line entry. Flags override FSTORE_* environment variables. */
 
@@ -177,6 +177,52 @@ export function buildProgram(): Command {
           process.exitCode = 1;
         } finally {
           registry.close();
+          features.close();
+        }
+      },
+    );
+  program
+    .command('materialize')
+    .description('copy the latest offline row per entity of a time range to the online store')
+    .requiredOption('--project <project>', 'project')
+    .option('--view <name...>', 'feature views (default: every online view of the project)')
+    .option('--start <time>', 'event times from (inclusive): ISO 8601 or integer microseconds', '0')
+    .option('--end <time>', 'event times until (exclusive): ISO 8601 or integer microseconds; default now')
+    .option('--incremental', 'start each view where its previous run ended', false)
+    .option('--address <host:port>', 'fstore server', `localhost:${configDefaults.grpcPort}`)
+    .action(
+      async (flags: {
+        project: string;
+        view?: string[];
+        start: string;
+        end?: string;
+        incremental: boolean;
+        address: string;
+      }) => {
+        const features = createClient(FeatureService, flags.address);
+        try {
+          const started = Date.now();
+          const runs = features.materialize({
+            project: flags.project,
+            featureViews: flags.view ?? [],
+            startTime: BigInt(parseTimestampMicros(flags.start)),
+            endTime: flags.end === undefined ? 0n : BigInt(parseTimestampMicros(flags.end)),
+            incremental: flags.incremental,
+          });
+          for await (const progress of runs) {
+            if (!progress.done) continue;
+            const seconds = (Date.now() - started) / 1000;
+            process.stdout.write(
+              `${progress.featureView}: ${progress.rowsRead} entities read, ${progress.rowsWritten} written online, ` +
+                `${progress.rowsStale} already newer online (${seconds.toFixed(1)} s)\n`,
+            );
+          }
+        } catch (error) {
+          process.stderr.write(
+            `fstore materialize: ${error instanceof Error ? error.message : String(error)}\n`,
+          );
+          process.exitCode = 1;
+        } finally {
           features.close();
         }
       },

@@ -4,6 +4,8 @@ import type { OnlineStore } from '../ports/online-store.js';
 import { toOnlineEntries } from './online-features.js';
 import type { RegistryCache, ServedView } from './registry-cache.js';
 
+const writesInFlight = 3;
+
 export interface MaterializeRequest {
   readonly project: string;
   /** View names; empty: every online view of the project. */
@@ -104,6 +106,9 @@ export class MaterializeService {
           { startMicros, endMicros },
           { batchRows: this.options.batchRows, ...(signal ? { signal } : {}) },
         );
+        // Each entity appears once per run, so writes of consecutive batches may overlap: while
+        // Redis applies one batch, the next is read and encoded (at most `writesInFlight`).
+        const inFlight: Promise<void>[] = [];
         for await (const batch of batches) {
           const entries = toOnlineEntries(
             current,
@@ -112,12 +117,21 @@ export class MaterializeService {
             batch.values,
             this.options.onlineExpiryGraceMs,
           );
-          const result = await this.online.writeMany(entries);
-          progress.rowsRead += entries.length;
-          progress.rowsWritten += result.written;
-          progress.rowsStale += result.stale;
-          yield { ...progress, done: false };
+          const write = this.online.writeMany(entries).then((result) => {
+            progress.rowsRead += entries.length;
+            progress.rowsWritten += result.written;
+            progress.rowsStale += result.stale;
+          });
+          // Awaited below in order; marked handled now so a failure while an earlier write is
+          // still awaited is not an unhandled rejection.
+          write.catch(() => {});
+          inFlight.push(write);
+          if (inFlight.length >= writesInFlight) {
+            await inFlight.shift();
+            yield { ...progress, done: false };
+          }
         }
+        await Promise.all(inFlight);
         await this.offline.recordMaterialized(current.id, { startMicros, endMicros });
       }
       yield { ...progress, done: true };

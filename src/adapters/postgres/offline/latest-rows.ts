@@ -61,11 +61,15 @@ export interface LatestRowsColumns {
   readonly values: FeatureValue[][];
 }
 
-export function toColumns(layout: ViewLayout, rows: readonly Record<string, unknown>[]): LatestRowsColumns {
+/** Result rows in array mode: the key columns, event time, created time, then the features. */
+export function toColumns(layout: ViewLayout, rows: readonly (readonly unknown[])[]): LatestRowsColumns {
+  const keyCount = layout.keys.length;
   return {
-    keys: layout.keys.map((key, index) => rows.map((row) => toValue(key, row[`k${index}`]) as KeyValue)),
-    eventTimes: rows.map((row) => Number(row.event_time as string)),
-    createdTimes: rows.map((row) => Number(row.created_time as string)),
-    values: layout.features.map((feature, index) => rows.map((row) => toValue(feature, row[`f${index}`]))),
+    keys: layout.keys.map((key, index) => rows.map((row) => toValue(key, row[index]) as KeyValue)),
+    eventTimes: rows.map((row) => Number(row[keyCount] as string)),
+    createdTimes: rows.map((row) => Number(row[keyCount + 1] as string)),
+    values: layout.features.map((feature, index) =>
+      rows.map((row) => toValue(feature, row[keyCount + 2 + index])),
+    ),
   };
 }
