@@ -12,9 +12,13 @@ import { startTestServer, type TestServer } from '../support/serving-harness.js'
 const binary = join(import.meta.dirname, '../../bin/fstore.js');
 
 function runIngest(args: string[]): Promise<{ code: number | null; output: string }> {
+  return run(['ingest', ...args]);
+}
+
+function run(args: string[]): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve) => {
     let output = '';
-    const child = spawn(process.execPath, [binary, 'ingest', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [binary, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout.on('data', (data) => {
       output += data;
     });
@@ -148,5 +152,59 @@ describe('fstore ingest (CSV)', () => {
       output: expect.stringContaining('missing columns: event_timestamp'),
     });
     expect((await stored()).length).toBe(before);
+  });
+
+  it('materializes the ingested rows of an online view with fstore materialize', async () => {
+    await server.registry.applyFeatureView({
+      project,
+      featureView: {
+        name: 'live',
+        entities: ['rider'],
+        online: true,
+        features: [{ name: 'fare', type: ValueType.DOUBLE }],
+      },
+    });
+    const file = join(directory, 'live.csv');
+    await writeFile(
+      file,
+      'rider_id,event_timestamp,fare\n7,2026-01-01T00:00:01Z,1.5\n7,2026-01-01T00:00:02Z,2.5\n8,2026-01-01T00:00:03Z,8\n',
+    );
+    expect(
+      (await runIngest(['--address', server.address, '--project', project, '--view', 'live', '--file', file]))
+        .code,
+    ).toBe(0);
+    const result = await run([
+      'materialize',
+      '--address',
+      server.address,
+      '--project',
+      project,
+      '--view',
+      'live',
+      '--start',
+      '2026-01-01T00:00:00Z',
+      '--end',
+      '2026-01-02T00:00:00Z',
+    ]);
+    expect(result).toMatchObject({
+      code: 0,
+      output: expect.stringContaining('live: 2 entities read, 2 written online'),
+    });
+    const response = await server.features.getOnlineFeatures({
+      project,
+      features: ['live:fare'],
+      entities: { rider_id: { values: { case: 'int64Values', value: { values: [7n, 8n] } } } },
+    });
+    expect(response.features[0]?.values?.values.value).toMatchObject({ values: [2.5, 8] });
+    const bad = await run([
+      'materialize',
+      '--address',
+      server.address,
+      '--project',
+      project,
+      '--view',
+      'nope',
+    ]);
+    expect(bad).toMatchObject({ code: 1, output: expect.stringContaining('no feature view "nope"') });
   });
 });
