@@ -7,11 +7,11 @@
  *   node --import tsx bench/ingest.ts [--addr 127.0.0.1:6566] [--rows 1000000]
  */
 import { parseArgs } from 'node:util';
-import type { MessageInitShape } from '@bufbuild/protobuf';
-import { FeatureService, type IngestFeaturesRequestSchema } from '../gen/fstore/v1/feature_service_pb.js';
+import { FeatureService } from '../gen/fstore/v1/feature_service_pb.js';
 import { FeatureViewSource, RegistryService } from '../gen/fstore/v1/registry_pb.js';
 import { ValueType } from '../gen/fstore/v1/values_pb.js';
 import { createClient } from '../src/grpc/client.js';
+import { syntheticIngest } from './synthetic-rows.js';
 
 const { values: flags } = parseArgs({
   options: { addr: { type: 'string' }, rows: { type: 'string' }, chunk: { type: 'string' } },
@@ -39,38 +39,19 @@ await registry.applyFeatureView({
   },
 });
 
-type Request = MessageInitShape<typeof IngestFeaturesRequestSchema>;
 const start = Date.UTC(2026, 0, 1) * 1000;
 const spanMicros = 90 * 24 * 3600 * 1_000_000;
-
-function* requests(): Generator<Request> {
-  yield { message: { case: 'header', value: { project, featureView: view } } };
-  for (let first = 0; first < rows; first += chunkRows) {
-    const count = Math.min(chunkRows, rows - first);
-    const keys = new Array<bigint>(count);
-    const times = new Array<bigint>(count);
-    for (let row = 0; row < count; row++) {
-      keys[row] = BigInt((first + row) % 100_000);
-      times[row] = BigInt(start + Math.floor(((first + row) / rows) * spanMicros));
-    }
-    yield {
-      message: {
-        case: 'rows',
-        value: {
-          entities: { rider_id: { values: { case: 'int64Values', value: { values: keys } } } },
-          eventTimestamps: times,
-          features: features.map((name) => ({
-            name,
-            values: {
-              values: { case: 'doubleValues', value: { values: Array.from({ length: count }, Math.random) } },
-            },
-          })),
-        },
-      },
-    };
-  }
-  yield { message: { case: 'end', value: { rowCount: BigInt(rows) } } };
-}
+const requests = () =>
+  syntheticIngest({
+    project,
+    view,
+    keyName: 'rider_id',
+    features,
+    rows,
+    entities: 100_000,
+    chunkRows,
+    eventTime: (row) => start + Math.floor((row / rows) * spanMicros),
+  });
 
 const started = performance.now();
 const response = await client.ingestFeatures(requests());

@@ -8,11 +8,11 @@
  * The server needs FSTORE_MAX_BATCH_ROWS ≥ 5000 (chunk size of the ingest).
  */
 import { parseArgs } from 'node:util';
-import type { MessageInitShape } from '@bufbuild/protobuf';
-import { FeatureService, type IngestFeaturesRequestSchema } from '../gen/fstore/v1/feature_service_pb.js';
+import { FeatureService } from '../gen/fstore/v1/feature_service_pb.js';
 import { FeatureViewSource, RegistryService } from '../gen/fstore/v1/registry_pb.js';
 import { ValueType } from '../gen/fstore/v1/values_pb.js';
 import { createClient } from '../src/grpc/client.js';
+import { syntheticIngest } from './synthetic-rows.js';
 
 const { values: flags } = parseArgs({ options: { addr: { type: 'string' }, entities: { type: 'string' } } });
 const address = flags.addr ?? '127.0.0.1:6566';
@@ -40,32 +40,18 @@ await registry.applyFeatureView({
   },
 });
 
-type Request = MessageInitShape<typeof IngestFeaturesRequestSchema>;
-function* requests(): Generator<Request> {
-  yield { message: { case: 'header', value: { project, featureView: view } } };
-  const rows = entities * 2; // two rows per entity: materialization must pick the later one
-  for (let first = 0; first < rows; first += chunkRows) {
-    const count = Math.min(chunkRows, rows - first);
-    const keys = Array.from({ length: count }, (_, row) => BigInt((first + row) % entities));
-    const times = Array.from({ length: count }, (_, row) => BigInt(start + (first + row) * 10));
-    yield {
-      message: {
-        case: 'rows',
-        value: {
-          entities: { device_id: { values: { case: 'int64Values', value: { values: keys } } } },
-          eventTimestamps: times,
-          features: features.map((name) => ({
-            name,
-            values: {
-              values: { case: 'doubleValues', value: { values: Array.from({ length: count }, Math.random) } },
-            },
-          })),
-        },
-      },
-    };
-  }
-  yield { message: { case: 'end', value: { rowCount: BigInt(rows) } } };
-}
+// Two rows per entity: materialization must pick the later one.
+const requests = () =>
+  syntheticIngest({
+    project,
+    view,
+    keyName: 'device_id',
+    features,
+    rows: entities * 2,
+    entities,
+    chunkRows,
+    eventTime: (row) => start + row * 10,
+  });
 
 const ingestStarted = performance.now();
 const ingested = await client.ingestFeatures(requests());
