@@ -49,6 +49,11 @@ function toValue(mapping: ColumnMapping, raw: unknown): FeatureValue {
       return (raw as string[]).map((item) => BigInt(item));
     case 'timestamp':
       return Number(raw as string);
+    // real arrives as its shortest decimal text ("1.1"): round back to the float32 that was stored.
+    case 'float':
+      return Math.fround(raw as number);
+    case 'float_list':
+      return (raw as number[]).map(Math.fround);
     default:
       return raw as FeatureValue;
   }
