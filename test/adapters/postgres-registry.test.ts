@@ -5,9 +5,9 @@ import { migrations } from '../../src/adapters/postgres/migrate.js';
 import { resolvePostgresOptions } from '../../src/adapters/postgres/options.js';
 import { createPostgresPool } from '../../src/adapters/postgres/pool.js';
 import { createPostgresRegistry } from '../../src/adapters/postgres/postgres-registry.js';
-import { FStoreError } from '../../src/domain/errors.js';
 import type { EntityDefinition, FeatureViewDefinition } from '../../src/domain/model.js';
 import type { Registry } from '../../src/ports/registry.js';
+import { failure } from '../support/rejection.js';
 
 const connectionString = process.env.FSTORE_TEST_POSTGRES_URL;
 if (!connectionString)
@@ -68,17 +68,6 @@ const view = (overrides: Partial<FeatureViewDefinition> = {}): FeatureViewDefini
   tags: { team: 'ranking' },
   ...overrides,
 });
-
-/** Awaits a rejection and returns the FStoreError, failing the test on anything else. */
-async function failure(promise: Promise<unknown>): Promise<FStoreError> {
-  try {
-    await promise;
-  } catch (error) {
-    expect(error).toBeInstanceOf(FStoreError);
-    return error as FStoreError;
-  }
-  throw new Error('expected the call to fail');
-}
 
 beforeAll(async () => {
   registry = await openRegistry();

@@ -3,9 +3,9 @@ import {
   createPostgresOfflineStore,
   type PostgresOfflineStore,
 } from '../../../src/adapters/postgres/offline/postgres-offline-store.js';
-import { FStoreError } from '../../../src/domain/errors.js';
 import type { FeatureView } from '../../../src/domain/model.js';
 import type { OfflineRowBatch } from '../../../src/ports/offline-store.js';
+import { failure } from '../../support/rejection.js';
 import { startThrowawayPostgres, type ThrowawayPostgres } from '../../support/throwaway-postgres.js';
 
 // This file stops and restarts PostgreSQL, so it runs its own server instead of the shared one.
@@ -50,16 +50,6 @@ afterAll(async () => {
   await store?.close();
   await server?.destroy();
 });
-
-async function failure(promise: Promise<unknown>): Promise<FStoreError> {
-  try {
-    await promise;
-  } catch (error) {
-    expect(error).toBeInstanceOf(FStoreError);
-    return error as FStoreError;
-  }
-  throw new Error('expected the call to fail');
-}
 
 it('fails fast with unavailable while PostgreSQL is down and works again after it restarts', async () => {
   await store.ensureView(view);

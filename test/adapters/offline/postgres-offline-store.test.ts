@@ -5,16 +5,17 @@ import {
   createPostgresOfflineStore,
   type PostgresOfflineStore,
 } from '../../../src/adapters/postgres/offline/postgres-offline-store.js';
-import { FStoreError } from '../../../src/domain/errors.js';
-import type {
-  FeatureDefinition,
-  FeatureValue,
-  FeatureView,
-  JoinKey,
-  KeyValue,
-  ValueType,
+import {
+  type FeatureDefinition,
+  type FeatureValue,
+  type FeatureView,
+  type JoinKey,
+  type KeyValue,
+  type ValueType,
+  valueTypes,
 } from '../../../src/domain/model.js';
 import type { OfflineRowBatch } from '../../../src/ports/offline-store.js';
+import { failure } from '../../support/rejection.js';
 
 const connectionString = process.env.FSTORE_TEST_POSTGRES_URL;
 if (!connectionString)
@@ -104,16 +105,6 @@ async function partitionsOf(view: FeatureView): Promise<string[]> {
     [tableOf(view)],
   );
   return result.rows.map((row) => row.name);
-}
-
-async function failure(promise: Promise<unknown>): Promise<FStoreError> {
-  try {
-    await promise;
-  } catch (error) {
-    expect(error).toBeInstanceOf(FStoreError);
-    return error as FStoreError;
-  }
-  throw new Error('expected the call to fail');
 }
 
 const utc = (iso: string) => Date.parse(iso) * 1_000;
@@ -212,21 +203,7 @@ describe('ensureView', () => {
 
 describe('writeRows round trip', () => {
   it('stores every value type exactly, with nulls, lists, odd bytes and strings, big int64s and pre-1970 times', async () => {
-    const types: ValueType[] = [
-      'int64',
-      'double',
-      'float',
-      'string',
-      'bool',
-      'bytes',
-      'timestamp',
-      'int64_list',
-      'double_list',
-      'float_list',
-      'string_list',
-      'bool_list',
-      'bytes_list',
-    ];
+    const types: readonly ValueType[] = valueTypes;
     const view = makeView(
       types.map((type) => feature(`v_${type}`, type)),
       {
