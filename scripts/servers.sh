@@ -40,11 +40,25 @@ LOG_DIR="$RUN_DIR/logs"
 REDIS_DIR="$RUN_DIR/redis"
 CLUSTER_DIR="$RUN_DIR/redis-cluster"
 PG_DIR="$RUN_DIR/postgres"
-PG_DATA="$PG_DIR/data"
-# PostgreSQL needs write access to its socket dir; the run dir itself stays root-owned,
-# so the sockets live in a postgres-owned subdirectory of it.
-PG_SOCKET_DIR="$PG_DIR/socket"
 PG_LOG="$LOG_DIR/postgres.log"
+# As root, PostgreSQL runs as the postgres user, which must reach its files through every parent
+# directory. A checkout inside a private directory (mktemp -d makes it 0700) cannot offer that, so
+# PostgreSQL's files then live in a directory of their own under /var/tmp, named after the run dir.
+# Called again after the packages are installed (the postgres user may only exist then).
+pg_locate() {
+  if [[ $(id -u) -eq 0 ]] && id postgres >/dev/null 2>&1; then
+    mkdir -p "$RUN_DIR"
+    if ! runuser -u postgres -- test -x "$RUN_DIR"; then
+      PG_DIR="/var/tmp/fstore-postgres-$(printf '%s' "$RUN_DIR" | md5sum | cut -c1-12)"
+      PG_LOG="$PG_DIR/postgres.log"
+    fi
+  fi
+  PG_DATA="$PG_DIR/data"
+  # PostgreSQL needs write access to its socket dir; the run dir itself stays root-owned,
+  # so the sockets live in a postgres-owned subdirectory of it.
+  PG_SOCKET_DIR="$PG_DIR/socket"
+}
+pg_locate
 
 log() { printf '[servers] %s\n' "$*" >&2; }
 die() { printf '[servers] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -466,6 +480,7 @@ main() {
   case "$sub" in
     start)
       ensure_packages
+      pg_locate
       mkdir -p "$RUN_DIR" "$LOG_DIR"
       start_redis
       start_cluster
@@ -492,6 +507,7 @@ main() {
       ;;
     start-postgres)
       ensure_packages
+      pg_locate
       mkdir -p "$RUN_DIR" "$LOG_DIR"
       start_postgres
       ;;
