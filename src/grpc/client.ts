@@ -48,7 +48,16 @@ export type ServiceClient<S> = {
             output: infer O extends Schema;
           }
         ? (request: MessageInitShape<I>, options?: CallOptions) => AsyncIterable<MessageShape<O>>
-        : never;
+        : ServiceMethods<S>[K] extends {
+              methodKind: 'bidi_streaming';
+              input: infer I extends Schema;
+              output: infer O extends Schema;
+            }
+          ? (
+              requests: Iterable<MessageInitShape<I>> | AsyncIterable<MessageInitShape<I>>,
+              options?: CallOptions,
+            ) => AsyncIterable<MessageShape<O>>
+          : never;
 } & { close(): void };
 
 export interface ClientOptions {
@@ -111,6 +120,45 @@ export function createClient<S extends DescService>(
         } finally {
           call.cancel();
         }
+      };
+    } else if (method.methodKind === 'bidi_streaming') {
+      methods[method.localName] = async function* (
+        requests: Iterable<MessageInitShape<Schema>> | AsyncIterable<MessageInitShape<Schema>>,
+        options: CallOptions = {},
+      ) {
+        const call = client.makeBidiStreamRequest(
+          path,
+          requestSerialize,
+          responseDeserialize,
+          options.metadata ?? new Metadata(),
+          callOptionsOf(options),
+        );
+        let inputFailure: FStoreError | undefined;
+        const stopWriting = new AbortController();
+        // Requests are written as flow control allows while responses are read.
+        (async () => {
+          for await (const request of requests) {
+            if (stopWriting.signal.aborted || call.destroyed || call.writableEnded) return;
+            if (!call.write(create(method.input, request)))
+              await once(call, 'drain', { signal: stopWriting.signal });
+          }
+          call.end();
+        })().catch((error: unknown) => {
+          if (stopWriting.signal.aborted) return;
+          // The caller's input failed: give up the call and say why.
+          inputFailure = FStoreError.from(error, 'cancelled');
+          call.cancel();
+        });
+        try {
+          for await (const response of call) yield response;
+        } catch (error) {
+          if (inputFailure) throw inputFailure;
+          throw isServiceError(error) ? fromServiceError(error) : FStoreError.from(error, 'unavailable');
+        } finally {
+          stopWriting.abort();
+          call.cancel();
+        }
+        if (inputFailure) throw inputFailure;
       };
     } else if (method.methodKind === 'client_streaming') {
       methods[method.localName] = (

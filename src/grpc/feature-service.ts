@@ -1,4 +1,5 @@
 import { FeatureService, type IngestFeaturesRequest } from '../../gen/fstore/v1/feature_service_pb.js';
+import { FStoreError } from '../domain/errors.js';
 import type { IngestMessage, IngestService } from '../serving/ingest.js';
 import type { MaterializeService } from '../serving/materialize.js';
 import type { OnlineFeatureService } from '../serving/online-features.js';
@@ -93,6 +94,11 @@ export function createFeatureServiceHandlers(
           rowsStale: BigInt(progress.rowsStale),
           done: progress.done,
         };
+    },
+
+    // biome-ignore lint/correctness/useYield: replaced by the historical service (in progress)
+    async *getHistoricalFeatures() {
+      throw new FStoreError('unimplemented', 'GetHistoricalFeatures is not available yet');
     },
 
     async ingestFeatures(requests, { signal }) {

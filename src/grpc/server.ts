@@ -12,6 +12,7 @@ import {
   type Metadata,
   Server,
   ServerCredentials,
+  type ServerDuplexStream,
   type ServerReadableStream,
   type ServerUnaryCall,
   type ServerWritableStream,
@@ -59,7 +60,16 @@ export type ServiceHandlers<S> = {
             output: infer O extends Schema;
           }
         ? (request: MessageShape<I>, context: CallContext) => AsyncIterable<MessageInitShape<O>>
-        : never;
+        : ServiceMethods<S>[K] extends {
+              methodKind: 'bidi_streaming';
+              input: infer I extends Schema;
+              output: infer O extends Schema;
+            }
+          ? (
+              requests: AsyncIterable<MessageShape<I>>,
+              context: CallContext,
+            ) => AsyncIterable<MessageInitShape<O> | EncodedMessage>
+          : never;
 };
 
 export interface ServerLogger {
@@ -73,7 +83,8 @@ function deadlineSignal(
   call:
     | ServerUnaryCall<unknown, unknown>
     | ServerReadableStream<unknown, unknown>
-    | ServerWritableStream<unknown, unknown>,
+    | ServerWritableStream<unknown, unknown>
+    | ServerDuplexStream<unknown, unknown>,
 ): {
   signal: AbortSignal;
   release: () => void;
@@ -109,7 +120,7 @@ function deadlineSignal(
  * for complete (an ingest would commit what arrived before the cancel).
  */
 async function* requestsOf(
-  call: ServerReadableStream<unknown, unknown>,
+  call: ServerReadableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>,
   signal: AbortSignal,
 ): AsyncGenerator<unknown> {
   for await (const request of call) yield request;
@@ -140,18 +151,27 @@ export function createServiceImplementation<S extends DescService>(
       else logger.error({ method: method.name, err: reason }, 'unexpected error in handler');
       return toServiceError(reason);
     };
-    if (method.methodKind === 'server_streaming') {
-      implementation[method.localName] = (call: ServerWritableStream<unknown, unknown>) => {
+    if (method.methodKind === 'server_streaming' || method.methodKind === 'bidi_streaming') {
+      implementation[method.localName] = (
+        call: ServerWritableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>,
+      ) => {
         const { signal, release } = deadlineSignal(call);
+        const input =
+          method.methodKind === 'server_streaming'
+            ? (call as ServerWritableStream<unknown, unknown>).request
+            : requestsOf(call as ServerDuplexStream<unknown, unknown>, signal);
         const responses = (
           handler as unknown as (request: unknown, context: CallContext) => AsyncIterable<object>
-        )(call.request, { signal, metadata: call.metadata });
+        )(input, { signal, metadata: call.metadata });
         (async () => {
           for await (const response of responses) {
             if (signal.aborted) throw signal.reason;
+            const message =
+              response instanceof EncodedMessage
+                ? response
+                : create(method.output, response as MessageInitShape<typeof method.output>);
             // Backpressure: a slow client slows the handler down instead of filling memory.
-            if (!call.write(create(method.output, response as MessageInitShape<typeof method.output>)))
-              await once(call, 'drain');
+            if (!call.write(message)) await once(call, 'drain', { signal });
           }
         })().then(
           () => {

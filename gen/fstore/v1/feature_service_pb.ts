@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fstore/v1/feature_service.proto.
  */
 export const file_fstore_v1_feature_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9mc3RvcmUvdjEvZmVhdHVyZV9zZXJ2aWNlLnByb3RvEglmc3RvcmUudjEi2wEKGEdldE9ubGluZUZlYXR1cmVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhAKCGZlYXR1cmVzGAIgAygJEhMKC2ZlYXR1cmVfc2V0GAMgASgJEkMKCGVudGl0aWVzGAQgAygLMjEuZnN0b3JlLnYxLkdldE9ubGluZUZlYXR1cmVzUmVxdWVzdC5FbnRpdGllc0VudHJ5GkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEihgEKDUZlYXR1cmVDb2x1bW4SDAoEbmFtZRgBIAEoCRIhCgZ2YWx1ZXMYAiABKAsyES5mc3RvcmUudjEuVmVjdG9yEioKCHN0YXR1c2VzGAMgAygOMhguZnN0b3JlLnYxLkZlYXR1cmVTdGF0dXMSGAoQZXZlbnRfdGltZXN0YW1wcxgEIAMoAyJdChlHZXRPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEioKCGZlYXR1cmVzGAEgAygLMhguZnN0b3JlLnYxLkZlYXR1cmVDb2x1bW4SFAoMcmVxdWVzdF90aW1lGAIgASgDIlgKEkZlYXR1cmVDb2x1bW5Xcml0ZRIMCgRuYW1lGAEgASgJEiEKBnZhbHVlcxgCIAEoCzIRLmZzdG9yZS52MS5WZWN0b3ISEQoJbnVsbF9yb3dzGAMgAygNIpkCChpXcml0ZU9ubGluZUZlYXR1cmVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhQKDGZlYXR1cmVfdmlldxgCIAEoCRJFCghlbnRpdGllcxgDIAMoCzIzLmZzdG9yZS52MS5Xcml0ZU9ubGluZUZlYXR1cmVzUmVxdWVzdC5FbnRpdGllc0VudHJ5Ei8KCGZlYXR1cmVzGAQgAygLMh0uZnN0b3JlLnYxLkZlYXR1cmVDb2x1bW5Xcml0ZRIYChBldmVudF90aW1lc3RhbXBzGAUgAygDGkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEiRwobV3JpdGVPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEhQKDHJvd3Nfd3JpdHRlbhgBIAEoDRISCgpyb3dzX3N0YWxlGAIgASgNIpcBChVJbmdlc3RGZWF0dXJlc1JlcXVlc3QSKQoGaGVhZGVyGAEgASgLMhcuZnN0b3JlLnYxLkluZ2VzdEhlYWRlckgAEiMKBHJvd3MYAiABKAsyEy5mc3RvcmUudjEuUm93Q2h1bmtIABIjCgNlbmQYAyABKAsyFC5mc3RvcmUudjEuSW5nZXN0RW5kSABCCQoHbWVzc2FnZSIeCglJbmdlc3RFbmQSEQoJcm93X2NvdW50GAEgASgEIjUKDEluZ2VzdEhlYWRlchIPCgdwcm9qZWN0GAEgASgJEhQKDGZlYXR1cmVfdmlldxgCIAEoCSLqAQoIUm93Q2h1bmsSMwoIZW50aXRpZXMYASADKAsyIS5mc3RvcmUudjEuUm93Q2h1bmsuRW50aXRpZXNFbnRyeRIvCghmZWF0dXJlcxgCIAMoCzIdLmZzdG9yZS52MS5GZWF0dXJlQ29sdW1uV3JpdGUSGAoQZXZlbnRfdGltZXN0YW1wcxgDIAMoAxIaChJjcmVhdGVkX3RpbWVzdGFtcHMYBCADKAMaQgoNRW50aXRpZXNFbnRyeRILCgNrZXkYASABKAkSIAoFdmFsdWUYAiABKAsyES5mc3RvcmUudjEuVmVjdG9yOgI4ASIvChZJbmdlc3RGZWF0dXJlc1Jlc3BvbnNlEhUKDXJvd3NfaW5nZXN0ZWQYASABKAQidwoSTWF0ZXJpYWxpemVSZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkSFQoNZmVhdHVyZV92aWV3cxgCIAMoCRISCgpzdGFydF90aW1lGAMgASgDEhAKCGVuZF90aW1lGAQgASgDEhMKC2luY3JlbWVudGFsGAUgASgIIpwBChNNYXRlcmlhbGl6ZVJlc3BvbnNlEhQKDGZlYXR1cmVfdmlldxgBIAEoCRISCgpzdGFydF90aW1lGAIgASgDEhAKCGVuZF90aW1lGAMgASgDEhEKCXJvd3NfcmVhZBgEIAEoBBIUCgxyb3dzX3dyaXR0ZW4YBSABKAQSEgoKcm93c19zdGFsZRgGIAEoBBIMCgRkb25lGAcgASgIMv8CCg5GZWF0dXJlU2VydmljZRJeChFHZXRPbmxpbmVGZWF0dXJlcxIjLmZzdG9yZS52MS5HZXRPbmxpbmVGZWF0dXJlc1JlcXVlc3QaJC5mc3RvcmUudjEuR2V0T25saW5lRmVhdHVyZXNSZXNwb25zZRJkChNXcml0ZU9ubGluZUZlYXR1cmVzEiUuZnN0b3JlLnYxLldyaXRlT25saW5lRmVhdHVyZXNSZXF1ZXN0GiYuZnN0b3JlLnYxLldyaXRlT25saW5lRmVhdHVyZXNSZXNwb25zZRJXCg5Jbmdlc3RGZWF0dXJlcxIgLmZzdG9yZS52MS5Jbmdlc3RGZWF0dXJlc1JlcXVlc3QaIS5mc3RvcmUudjEuSW5nZXN0RmVhdHVyZXNSZXNwb25zZSgBEk4KC01hdGVyaWFsaXplEh0uZnN0b3JlLnYxLk1hdGVyaWFsaXplUmVxdWVzdBoeLmZzdG9yZS52MS5NYXRlcmlhbGl6ZVJlc3BvbnNlMAFiBnByb3RvMw", [file_fstore_v1_values]);
+  fileDesc("Ch9mc3RvcmUvdjEvZmVhdHVyZV9zZXJ2aWNlLnByb3RvEglmc3RvcmUudjEi2wEKGEdldE9ubGluZUZlYXR1cmVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhAKCGZlYXR1cmVzGAIgAygJEhMKC2ZlYXR1cmVfc2V0GAMgASgJEkMKCGVudGl0aWVzGAQgAygLMjEuZnN0b3JlLnYxLkdldE9ubGluZUZlYXR1cmVzUmVxdWVzdC5FbnRpdGllc0VudHJ5GkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEihgEKDUZlYXR1cmVDb2x1bW4SDAoEbmFtZRgBIAEoCRIhCgZ2YWx1ZXMYAiABKAsyES5mc3RvcmUudjEuVmVjdG9yEioKCHN0YXR1c2VzGAMgAygOMhguZnN0b3JlLnYxLkZlYXR1cmVTdGF0dXMSGAoQZXZlbnRfdGltZXN0YW1wcxgEIAMoAyJdChlHZXRPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEioKCGZlYXR1cmVzGAEgAygLMhguZnN0b3JlLnYxLkZlYXR1cmVDb2x1bW4SFAoMcmVxdWVzdF90aW1lGAIgASgDIlgKEkZlYXR1cmVDb2x1bW5Xcml0ZRIMCgRuYW1lGAEgASgJEiEKBnZhbHVlcxgCIAEoCzIRLmZzdG9yZS52MS5WZWN0b3ISEQoJbnVsbF9yb3dzGAMgAygNIpkCChpXcml0ZU9ubGluZUZlYXR1cmVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEhQKDGZlYXR1cmVfdmlldxgCIAEoCRJFCghlbnRpdGllcxgDIAMoCzIzLmZzdG9yZS52MS5Xcml0ZU9ubGluZUZlYXR1cmVzUmVxdWVzdC5FbnRpdGllc0VudHJ5Ei8KCGZlYXR1cmVzGAQgAygLMh0uZnN0b3JlLnYxLkZlYXR1cmVDb2x1bW5Xcml0ZRIYChBldmVudF90aW1lc3RhbXBzGAUgAygDGkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEiRwobV3JpdGVPbmxpbmVGZWF0dXJlc1Jlc3BvbnNlEhQKDHJvd3Nfd3JpdHRlbhgBIAEoDRISCgpyb3dzX3N0YWxlGAIgASgNIpcBChVJbmdlc3RGZWF0dXJlc1JlcXVlc3QSKQoGaGVhZGVyGAEgASgLMhcuZnN0b3JlLnYxLkluZ2VzdEhlYWRlckgAEiMKBHJvd3MYAiABKAsyEy5mc3RvcmUudjEuUm93Q2h1bmtIABIjCgNlbmQYAyABKAsyFC5mc3RvcmUudjEuSW5nZXN0RW5kSABCCQoHbWVzc2FnZSIeCglJbmdlc3RFbmQSEQoJcm93X2NvdW50GAEgASgEIksKDEluZ2VzdEhlYWRlchIPCgdwcm9qZWN0GAEgASgJEhQKDGZlYXR1cmVfdmlldxgCIAEoCRIUCgx3cml0ZV9vbmxpbmUYAyABKAgi6gEKCFJvd0NodW5rEjMKCGVudGl0aWVzGAEgAygLMiEuZnN0b3JlLnYxLlJvd0NodW5rLkVudGl0aWVzRW50cnkSLwoIZmVhdHVyZXMYAiADKAsyHS5mc3RvcmUudjEuRmVhdHVyZUNvbHVtbldyaXRlEhgKEGV2ZW50X3RpbWVzdGFtcHMYAyADKAMSGgoSY3JlYXRlZF90aW1lc3RhbXBzGAQgAygDGkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEiZwoWSW5nZXN0RmVhdHVyZXNSZXNwb25zZRIVCg1yb3dzX2luZ2VzdGVkGAEgASgEEhsKE3Jvd3Nfd3JpdHRlbl9vbmxpbmUYAiABKAQSGQoRcm93c19zdGFsZV9vbmxpbmUYAyABKAQidwoSTWF0ZXJpYWxpemVSZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkSFQoNZmVhdHVyZV92aWV3cxgCIAMoCRISCgpzdGFydF90aW1lGAMgASgDEhAKCGVuZF90aW1lGAQgASgDEhMKC2luY3JlbWVudGFsGAUgASgIIpwBChNNYXRlcmlhbGl6ZVJlc3BvbnNlEhQKDGZlYXR1cmVfdmlldxgBIAEoCRISCgpzdGFydF90aW1lGAIgASgDEhAKCGVuZF90aW1lGAMgASgDEhEKCXJvd3NfcmVhZBgEIAEoBBIUCgxyb3dzX3dyaXR0ZW4YBSABKAQSEgoKcm93c19zdGFsZRgGIAEoBBIMCgRkb25lGAcgASgIIqoBChxHZXRIaXN0b3JpY2FsRmVhdHVyZXNSZXF1ZXN0EisKBXF1ZXJ5GAEgASgLMhouZnN0b3JlLnYxLkhpc3RvcmljYWxRdWVyeUgAEikKBHJvd3MYAiABKAsyGS5mc3RvcmUudjEuRW50aXR5Um93Q2h1bmtIABInCgNlbmQYAyABKAsyGC5mc3RvcmUudjEuSGlzdG9yaWNhbEVuZEgAQgkKB21lc3NhZ2UiggEKD0hpc3RvcmljYWxRdWVyeRIPCgdwcm9qZWN0GAEgASgJEhAKCGZlYXR1cmVzGAIgAygJEhMKC2ZlYXR1cmVfc2V0GAMgASgJEiMKBXJhbmdlGAQgASgLMhQuZnN0b3JlLnYxLlRpbWVSYW5nZRISCgpjaHVua19yb3dzGAUgASgNIjEKCVRpbWVSYW5nZRISCgpzdGFydF90aW1lGAEgASgDEhAKCGVuZF90aW1lGAIgASgDIpkCCg5FbnRpdHlSb3dDaHVuaxI5CghlbnRpdGllcxgBIAMoCzInLmZzdG9yZS52MS5FbnRpdHlSb3dDaHVuay5FbnRpdGllc0VudHJ5EhIKCnRpbWVzdGFtcHMYAiADKAMSMwoFY2FycnkYAyADKAsyJC5mc3RvcmUudjEuRW50aXR5Um93Q2h1bmsuQ2FycnlFbnRyeRpCCg1FbnRpdGllc0VudHJ5EgsKA2tleRgBIAEoCRIgCgV2YWx1ZRgCIAEoCzIRLmZzdG9yZS52MS5WZWN0b3I6AjgBGj8KCkNhcnJ5RW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEiIgoNSGlzdG9yaWNhbEVuZBIRCglyb3dfY291bnQYASABKAQihQMKHUdldEhpc3RvcmljYWxGZWF0dXJlc1Jlc3BvbnNlEhEKCWZpcnN0X3JvdxgBIAEoBBJICghlbnRpdGllcxgCIAMoCzI2LmZzdG9yZS52MS5HZXRIaXN0b3JpY2FsRmVhdHVyZXNSZXNwb25zZS5FbnRpdGllc0VudHJ5EhIKCnRpbWVzdGFtcHMYAyADKAMSQgoFY2FycnkYBCADKAsyMy5mc3RvcmUudjEuR2V0SGlzdG9yaWNhbEZlYXR1cmVzUmVzcG9uc2UuQ2FycnlFbnRyeRIqCghmZWF0dXJlcxgFIAMoCzIYLmZzdG9yZS52MS5GZWF0dXJlQ29sdW1uGkIKDUVudGl0aWVzRW50cnkSCwoDa2V5GAEgASgJEiAKBXZhbHVlGAIgASgLMhEuZnN0b3JlLnYxLlZlY3RvcjoCOAEaPwoKQ2FycnlFbnRyeRILCgNrZXkYASABKAkSIAoFdmFsdWUYAiABKAsyES5mc3RvcmUudjEuVmVjdG9yOgI4ATLvAwoORmVhdHVyZVNlcnZpY2USXgoRR2V0T25saW5lRmVhdHVyZXMSIy5mc3RvcmUudjEuR2V0T25saW5lRmVhdHVyZXNSZXF1ZXN0GiQuZnN0b3JlLnYxLkdldE9ubGluZUZlYXR1cmVzUmVzcG9uc2USZAoTV3JpdGVPbmxpbmVGZWF0dXJlcxIlLmZzdG9yZS52MS5Xcml0ZU9ubGluZUZlYXR1cmVzUmVxdWVzdBomLmZzdG9yZS52MS5Xcml0ZU9ubGluZUZlYXR1cmVzUmVzcG9uc2USVwoOSW5nZXN0RmVhdHVyZXMSIC5mc3RvcmUudjEuSW5nZXN0RmVhdHVyZXNSZXF1ZXN0GiEuZnN0b3JlLnYxLkluZ2VzdEZlYXR1cmVzUmVzcG9uc2UoARJOCgtNYXRlcmlhbGl6ZRIdLmZzdG9yZS52MS5NYXRlcmlhbGl6ZVJlcXVlc3QaHi5mc3RvcmUudjEuTWF0ZXJpYWxpemVSZXNwb25zZTABEm4KFUdldEhpc3RvcmljYWxGZWF0dXJlcxInLmZzdG9yZS52MS5HZXRIaXN0b3JpY2FsRmVhdHVyZXNSZXF1ZXN0GiguZnN0b3JlLnYxLkdldEhpc3RvcmljYWxGZWF0dXJlc1Jlc3BvbnNlKAEwAWIGcHJvdG8z", [file_fstore_v1_values]);
 
 /**
  * @generated from message fstore.v1.GetOnlineFeaturesRequest
@@ -307,6 +307,14 @@ export type IngestHeader = Message<"fstore.v1.IngestHeader"> & {
    * @generated from field: string feature_view = 2;
    */
   featureView: string;
+
+  /**
+   * Also write the rows to the online store (the view must be online) once the offline
+   * transaction committed, through the last-write-wins path of WriteOnlineFeatures.
+   *
+   * @generated from field: bool write_online = 3;
+   */
+  writeOnline: boolean;
 };
 
 /**
@@ -370,6 +378,19 @@ export type IngestFeaturesResponse = Message<"fstore.v1.IngestFeaturesResponse">
    * @generated from field: uint64 rows_ingested = 1;
    */
   rowsIngested: bigint;
+
+  /**
+   * With `write_online`: rows stored online, and rows skipped because the online store held a
+   * newer row.
+   *
+   * @generated from field: uint64 rows_written_online = 2;
+   */
+  rowsWrittenOnline: bigint;
+
+  /**
+   * @generated from field: uint64 rows_stale_online = 3;
+   */
+  rowsStaleOnline: bigint;
 };
 
 /**
@@ -484,6 +505,214 @@ export const MaterializeResponseSchema: GenMessage<MaterializeResponse> = /*@__P
   messageDesc(file_fstore_v1_feature_service, 12);
 
 /**
+ * @generated from message fstore.v1.GetHistoricalFeaturesRequest
+ */
+export type GetHistoricalFeaturesRequest = Message<"fstore.v1.GetHistoricalFeaturesRequest"> & {
+  /**
+   * @generated from oneof fstore.v1.GetHistoricalFeaturesRequest.message
+   */
+  message: {
+    /**
+     * The first message, and only the first.
+     *
+     * @generated from field: fstore.v1.HistoricalQuery query = 1;
+     */
+    value: HistoricalQuery;
+    case: "query";
+  } | {
+    /**
+     * Labelled entity rows, any number of chunks (none in range mode).
+     *
+     * @generated from field: fstore.v1.EntityRowChunk rows = 2;
+     */
+    value: EntityRowChunk;
+    case: "rows";
+  } | {
+    /**
+     * The last message: nothing may follow it.
+     *
+     * @generated from field: fstore.v1.HistoricalEnd end = 3;
+     */
+    value: HistoricalEnd;
+    case: "end";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message fstore.v1.GetHistoricalFeaturesRequest.
+ * Use `create(GetHistoricalFeaturesRequestSchema)` to create a new message.
+ */
+export const GetHistoricalFeaturesRequestSchema: GenMessage<GetHistoricalFeaturesRequest> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_feature_service, 13);
+
+/**
+ * @generated from message fstore.v1.HistoricalQuery
+ */
+export type HistoricalQuery = Message<"fstore.v1.HistoricalQuery"> & {
+  /**
+   * @generated from field: string project = 1;
+   */
+  project: string;
+
+  /**
+   * Feature references "view:feature", or a feature set, as in GetOnlineFeaturesRequest.
+   *
+   * @generated from field: repeated string features = 2;
+   */
+  features: string[];
+
+  /**
+   * @generated from field: string feature_set = 3;
+   */
+  featureSet: string;
+
+  /**
+   * Range mode: no entity rows are sent; the input rows are every (keys, event time) of the
+   * requested views' rows with start_time <= event time < end_time. All requested views must
+   * have the same join keys.
+   *
+   * @generated from field: fstore.v1.TimeRange range = 4;
+   */
+  range?: TimeRange | undefined;
+
+  /**
+   * Most rows per response chunk; 0: the server's default (FSTORE_HISTORICAL_CHUNK_ROWS).
+   *
+   * @generated from field: uint32 chunk_rows = 5;
+   */
+  chunkRows: number;
+};
+
+/**
+ * Describes the message fstore.v1.HistoricalQuery.
+ * Use `create(HistoricalQuerySchema)` to create a new message.
+ */
+export const HistoricalQuerySchema: GenMessage<HistoricalQuery> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_feature_service, 14);
+
+/**
+ * A half-open range of times, microseconds since the Unix epoch: [start_time, end_time).
+ *
+ * @generated from message fstore.v1.TimeRange
+ */
+export type TimeRange = Message<"fstore.v1.TimeRange"> & {
+  /**
+   * @generated from field: int64 start_time = 1;
+   */
+  startTime: bigint;
+
+  /**
+   * @generated from field: int64 end_time = 2;
+   */
+  endTime: bigint;
+};
+
+/**
+ * Describes the message fstore.v1.TimeRange.
+ * Use `create(TimeRangeSchema)` to create a new message.
+ */
+export const TimeRangeSchema: GenMessage<TimeRange> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_feature_service, 15);
+
+/**
+ * @generated from message fstore.v1.EntityRowChunk
+ */
+export type EntityRowChunk = Message<"fstore.v1.EntityRowChunk"> & {
+  /**
+   * Join key name -> one value per row; every join key of every requested view.
+   *
+   * @generated from field: map<string, fstore.v1.Vector> entities = 1;
+   */
+  entities: { [key: string]: Vector };
+
+  /**
+   * One per row, required: the label time t, microseconds since the Unix epoch.
+   *
+   * @generated from field: repeated int64 timestamps = 2;
+   */
+  timestamps: bigint[];
+
+  /**
+   * Extra columns carried through to the output unchanged (e.g. labels). The same names and
+   * types in every chunk; a name may not be a join key or a requested feature reference.
+   *
+   * @generated from field: map<string, fstore.v1.Vector> carry = 3;
+   */
+  carry: { [key: string]: Vector };
+};
+
+/**
+ * Describes the message fstore.v1.EntityRowChunk.
+ * Use `create(EntityRowChunkSchema)` to create a new message.
+ */
+export const EntityRowChunkSchema: GenMessage<EntityRowChunk> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_feature_service, 16);
+
+/**
+ * @generated from message fstore.v1.HistoricalEnd
+ */
+export type HistoricalEnd = Message<"fstore.v1.HistoricalEnd"> & {
+  /**
+   * The number of entity rows the client sent; INVALID_ARGUMENT when the server counted another.
+   *
+   * @generated from field: uint64 row_count = 1;
+   */
+  rowCount: bigint;
+};
+
+/**
+ * Describes the message fstore.v1.HistoricalEnd.
+ * Use `create(HistoricalEndSchema)` to create a new message.
+ */
+export const HistoricalEndSchema: GenMessage<HistoricalEnd> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_feature_service, 17);
+
+/**
+ * @generated from message fstore.v1.GetHistoricalFeaturesResponse
+ */
+export type GetHistoricalFeaturesResponse = Message<"fstore.v1.GetHistoricalFeaturesResponse"> & {
+  /**
+   * Index of this chunk's first row in the input (0-based); chunks arrive in input order.
+   *
+   * @generated from field: uint64 first_row = 1;
+   */
+  firstRow: bigint;
+
+  /**
+   * The rows' join keys, label times and carried columns, as sent (in range mode: the keys and
+   * event times of the rows found).
+   *
+   * @generated from field: map<string, fstore.v1.Vector> entities = 2;
+   */
+  entities: { [key: string]: Vector };
+
+  /**
+   * @generated from field: repeated int64 timestamps = 3;
+   */
+  timestamps: bigint[];
+
+  /**
+   * @generated from field: map<string, fstore.v1.Vector> carry = 4;
+   */
+  carry: { [key: string]: Vector };
+
+  /**
+   * One column per requested feature, in request order: values, statuses and the event time of
+   * the chosen row (0 when NOT_FOUND).
+   *
+   * @generated from field: repeated fstore.v1.FeatureColumn features = 5;
+   */
+  features: FeatureColumn[];
+};
+
+/**
+ * Describes the message fstore.v1.GetHistoricalFeaturesResponse.
+ * Use `create(GetHistoricalFeaturesResponseSchema)` to create a new message.
+ */
+export const GetHistoricalFeaturesResponseSchema: GenMessage<GetHistoricalFeaturesResponse> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_feature_service, 18);
+
+/**
  * Online feature serving.
  *
  * Errors use the standard gRPC codes, with a message naming the offending field:
@@ -548,6 +777,30 @@ export const FeatureService: GenService<{
     methodKind: "server_streaming";
     input: typeof MaterializeRequestSchema;
     output: typeof MaterializeResponseSchema;
+  },
+  /**
+   * Point-in-time-correct training data (DESIGN §4). The client sends a query first, then its
+   * labelled entity rows in chunks (join keys, a label time per row, and any extra columns to
+   * carry through), then an end message. For each row and each requested feature, the server
+   * takes the view's offline row with the same keys and the greatest event time <= the label
+   * time (ties: the latest created time); a row with a later event time is never used. A row
+   * older than the view's ttl at the label time gives OUTSIDE_MAX_AGE (value withheld).
+   * Results stream back in chunks, in input order, column-major like GetOnlineFeatures, with the
+   * keys, label times and carried columns echoed. Rows are processed in blocks of up to the
+   * server's FSTORE_HISTORICAL_BLOCK_ROWS: a block's results are sent before more input is read,
+   * so neither side holds more than a block, and a slow reader slows the database read.
+   * With `range` set in the query and no entity rows, the input is every (keys, event time) of
+   * the requested views' rows in the range, in key then time order.
+   * Errors: INVALID_ARGUMENT naming the chunk, row and column; NOT_FOUND for unknown features;
+   * UNAVAILABLE when PostgreSQL fails mid-call (nothing already sent is wrong, but the result is
+   * incomplete: retry the call); CANCELLED / DEADLINE_EXCEEDED stop the query.
+   *
+   * @generated from rpc fstore.v1.FeatureService.GetHistoricalFeatures
+   */
+  getHistoricalFeatures: {
+    methodKind: "bidi_streaming";
+    input: typeof GetHistoricalFeaturesRequestSchema;
+    output: typeof GetHistoricalFeaturesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fstore_v1_feature_service, 0);
