@@ -10,10 +10,12 @@ import { createRegistryServiceHandlers, RegistryService } from '../grpc/registry
 import { createServiceImplementation, startGrpcServer } from '../grpc/server.js';
 import type { OnlineStore } from '../ports/online-store.js';
 import type { Registry } from '../ports/registry.js';
+import { HistoricalService } from '../serving/historical.js';
 import { IngestService } from '../serving/ingest.js';
 import { MaterializeService } from '../serving/materialize.js';
 import { OnlineFeatureService } from '../serving/online-features.js';
 import { RegistryCache } from '../serving/registry-cache.js';
+import { createWorkerPool } from '../workers/pool.js';
 
 /**
  * The composition root of `fstore serve`: the only place that picks adapters and wires them.
@@ -99,10 +101,21 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
     maxBatchRows: config.maxBatchRows,
     onlineExpiryGraceMs: config.onlineExpiryGraceMs,
   });
-  const ingest = new IngestService(cache, offline, { maxBatchRows: config.maxBatchRows });
+  const ingest = new IngestService(cache, offline, store, {
+    maxBatchRows: config.maxBatchRows,
+    onlineBatchRows: config.materializeBatchRows,
+    onlineExpiryGraceMs: config.onlineExpiryGraceMs,
+  });
   const materialize = new MaterializeService(cache, offline, store, {
     batchRows: config.materializeBatchRows,
     onlineExpiryGraceMs: config.onlineExpiryGraceMs,
+  });
+  const workers = createWorkerPool({ threads: config.workerThreads });
+  const historical = new HistoricalService(cache, offline, workers, {
+    maxBatchRows: config.historicalChunkRows,
+    blockRows: config.historicalBlockRows,
+    chunkRows: config.historicalChunkRows,
+    segmentRows: config.historicalSegmentRows,
   });
   const server = await startGrpcServer(
     {
@@ -117,7 +130,7 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
         service: FeatureService,
         implementation: createServiceImplementation(
           FeatureService,
-          createFeatureServiceHandlers(online, ingest, materialize),
+          createFeatureServiceHandlers(online, ingest, materialize, historical),
           logger,
         ),
       },
@@ -164,7 +177,7 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
       clearInterval(healthTimer);
       await server.shutdown();
       await cache.stop();
-      await Promise.allSettled([store.close(), offline.close(), registry.close()]);
+      await Promise.allSettled([store.close(), offline.close(), registry.close(), workers.destroy()]);
       await postgres.stop();
     },
   };

@@ -1,30 +1,20 @@
 import { createReadStream } from 'node:fs';
-import type { MessageInitShape } from '@bufbuild/protobuf';
 import { parse } from 'csv-parse';
-import type { FeatureService, IngestFeaturesRequestSchema } from '../../gen/fstore/v1/feature_service_pb.js';
-import type { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
-import { ValueType, type VectorSchema } from '../../gen/fstore/v1/values_pb.js';
-import { listElementType, zeroValue } from '../domain/columns.js';
-import { FStoreError, invalidArgument } from '../domain/errors.js';
+import { listElementType } from '../domain/columns.js';
 import type { ValueType as DomainValueType, FeatureValue, ScalarValue } from '../domain/model.js';
-import type { ServiceClient } from '../grpc/client.js';
-import { valueTypeFromProto, vectorFromValues } from '../grpc/vectors.js';
+import {
+  cellError,
+  type OpenRowSource,
+  type RowBlock,
+  selectColumns,
+  type ViewColumn,
+} from './ingest-source.js';
 
 /**
- * `fstore ingest --file rows.csv`: reads a CSV file as a stream and sends it to IngestFeatures in
- * chunks. The header row names the columns: every join key of the view, `event_timestamp`
- * (ISO 8601 or integer microseconds since the epoch), optionally `created_timestamp`, and every
- * feature. An empty cell is null. Lists are JSON arrays; bytes are base64. Parse errors name the
- * file's line and column; nothing is stored unless the whole file is.
+ * The CSV reader of `fstore ingest`: a header row naming the columns, then one row per line.
+ * Times are ISO 8601 or integer microseconds since the epoch; an empty cell is null; lists are
+ * JSON arrays; bytes are base64. Errors name the file's line (the header is line 1) and column.
  */
-
-type Request = MessageInitShape<typeof IngestFeaturesRequestSchema>;
-
-interface CsvColumn {
-  readonly name: string;
-  readonly type: DomainValueType;
-  readonly role: 'key' | 'event_time' | 'created_time' | 'feature';
-}
 
 const isoPattern = /^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,6}))?(Z|[+-]\d{2}:?\d{2})?$/;
 
@@ -75,119 +65,72 @@ function parseValue(type: DomainValueType, text: string): FeatureValue {
   return items.map((item) => parseScalar(element, typeof item === 'string' ? item : JSON.stringify(item)));
 }
 
-export interface CsvIngestOptions {
-  readonly project: string;
-  readonly featureView: string;
-  readonly file: string;
-  readonly chunkRows: number;
-}
+// Rows per block handed to the pipeline, which cuts its own chunks; this only bounds memory.
+const blockRows = 1000;
 
-/** Columns the CSV must hold for the view's current version, from the registry. */
-async function columnsOf(registry: ServiceClient<typeof RegistryService>, project: string, name: string) {
-  const { featureView } = await registry.getFeatureView({ project, name });
-  if (!featureView) throw new FStoreError('not_found', `feature view "${name}" not found`);
-  const columns: CsvColumn[] = [];
-  for (const entityName of featureView.entities) {
-    const { entity } = await registry.getEntity({ project, name: entityName });
-    for (const key of entity?.joinKeys ?? [])
-      columns.push({ name: key.name, type: key.type === ValueType.INT64 ? 'int64' : 'string', role: 'key' });
+export const openCsv: OpenRowSource = async (file, viewColumns) => {
+  let header: string[] = [];
+  const parser = parse({
+    columns: (names: string[]) => {
+      header = names;
+      return names;
+    },
+    skip_empty_lines: true,
+    bom: true,
+  });
+  createReadStream(file)
+    .on('error', (error) => parser.destroy(error))
+    .pipe(parser);
+  const records = (parser as AsyncIterable<Record<string, string>>)[Symbol.asyncIterator]();
+  let first: IteratorResult<Record<string, string>>;
+  let columns: ViewColumn[];
+  try {
+    // The header is parsed with the first record: read it now, so a bad header fails before any call.
+    first = await records.next();
+    columns = selectColumns(viewColumns, header, `${file} header`);
+  } catch (error) {
+    parser.destroy();
+    throw error;
   }
-  columns.push({ name: 'event_timestamp', type: 'timestamp', role: 'event_time' });
-  for (const feature of featureView.features)
-    columns.push({ name: feature.name, type: valueTypeFromProto(feature.type) ?? 'string', role: 'feature' });
-  return columns;
-}
 
-export async function ingestCsv(
-  clients: {
-    registry: ServiceClient<typeof RegistryService>;
-    features: ServiceClient<typeof FeatureService>;
-  },
-  options: CsvIngestOptions,
-): Promise<{ rows: bigint }> {
-  const columns = await columnsOf(clients.registry, options.project, options.featureView);
-  const parser = createReadStream(options.file).pipe(
-    parse({ columns: true, skip_empty_lines: true, bom: true }),
-  );
-  let rowsSent = 0;
-
-  async function* requests(): AsyncGenerator<Request> {
-    yield {
-      message: { case: 'header', value: { project: options.project, featureView: options.featureView } },
-    };
-    let pending: Record<string, string>[] = [];
-    let firstLine = 2; // line 1 is the header
-    const flush = (): Request => {
-      const cells = (column: CsvColumn, row: number) =>
-        (pending[row] as Record<string, string>)[column.name] ?? '';
-      const parsed = (column: CsvColumn) => {
-        const nullRows: number[] = [];
-        const values = pending.map((_, row) => {
-          const text = cells(column, row);
-          if (text === '') {
-            if (column.role !== 'feature')
-              throw invalidArgument(`line ${firstLine + row}, column "${column.name}"`, 'is empty');
-            nullRows.push(row);
-            return null;
-          }
+  function toBlock(rows: Record<string, string>[], firstLine: number): RowBlock {
+    const where = (row: number) => `line ${firstLine + row}`;
+    const values = new Map<string, FeatureValue[]>();
+    for (const column of columns)
+      values.set(
+        column.name,
+        rows.map((record, row) => {
+          const text = record[column.name] ?? '';
+          if (text === '') return null;
           try {
             return parseValue(column.type, text);
           } catch (error) {
-            throw invalidArgument(
-              `line ${firstLine + row}, column "${column.name}"`,
-              `"${text}" ${(error as Error).message}`,
-            );
+            throw cellError(where(row), column.name, `"${text}" ${(error as Error).message}`);
           }
-        });
-        return { values, nullRows };
-      };
-      const entities: Record<string, MessageInitShape<typeof VectorSchema>> = {};
-      const features: { name: string; values: ReturnType<typeof vectorFromValues>; nullRows: number[] }[] =
-        [];
-      let eventTimestamps: bigint[] = [];
-      let createdTimestamps: bigint[] = [];
-      for (const column of columns) {
-        const { values, nullRows } = parsed(column);
-        if (column.role === 'key') entities[column.name] = vectorFromValues(column.type, values);
-        else if (column.role === 'event_time')
-          eventTimestamps = values.map((micros) => BigInt(micros as number));
-        else {
-          const type = column.type;
-          features.push({
-            name: column.name,
-            values: vectorFromValues(
-              type,
-              values.map((value) => value ?? zeroValue(type)),
-            ),
-            nullRows,
-          });
-        }
-      }
-      if (pending[0] && 'created_timestamp' in pending[0]) {
-        const created = parsed({ name: 'created_timestamp', type: 'timestamp', role: 'created_time' });
-        createdTimestamps = created.values.map((micros) => BigInt(micros as number));
-      }
-      const chunk: Request = {
-        message: { case: 'rows', value: { entities, features, eventTimestamps, createdTimestamps } },
-      };
-      rowsSent += pending.length;
-      firstLine += pending.length;
-      pending = [];
-      return chunk;
-    };
-    for await (const record of parser as AsyncIterable<Record<string, string>>) {
-      if (rowsSent === 0 && pending.length === 0) {
-        const missing = columns.filter((column) => !(column.name in record)).map((column) => column.name);
-        if (missing.length > 0)
-          throw invalidArgument(`${options.file} header`, `missing columns: ${missing.join(', ')}`);
-      }
-      pending.push(record);
-      if (pending.length >= options.chunkRows) yield flush();
-    }
-    if (pending.length > 0) yield flush();
-    yield { message: { case: 'end', value: { rowCount: BigInt(rowsSent) } } };
+        }),
+      );
+    return { rowCount: rows.length, values, where };
   }
 
-  const response = await clients.features.ingestFeatures(requests());
-  return { rows: response.rowsIngested };
-}
+  return {
+    columns,
+    async *blocks() {
+      let pending: Record<string, string>[] = [];
+      let firstLine = 2; // line 1 is the header
+      let next = first;
+      while (!next.done) {
+        pending.push(next.value);
+        if (pending.length === blockRows) {
+          yield toBlock(pending, firstLine);
+          firstLine += pending.length;
+          pending = [];
+        }
+        next = await records.next();
+      }
+      if (pending.length > 0) yield toBlock(pending, firstLine);
+    },
+    async close() {
+      parser.destroy();
+    },
+  };
+};

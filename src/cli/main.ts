@@ -8,7 +8,8 @@ import { resolvePostgres, startServing } from '../app/serve.js';
 import { type Config, type ConfigKey, configDefaults, loadConfig } from '../config/config.js';
 import { FStoreError } from '../domain/errors.js';
 import { createClient } from '../grpc/client.js';
-import { ingestCsv, parseTimestampMicros } from './ingest-csv.js';
+import { parseTimestampMicros } from './ingest-csv.js';
+import { type FileFormat, fileFormats, ingestFile } from './ingest-file.js';
 
 /** `fstore` — the command-line entry. Flags override FSTORE_* environment variables. */
 
@@ -144,17 +145,31 @@ export function buildProgram(): Command {
   });
   program
     .command('ingest')
-    .description('load a CSV file into the offline store of a feature view (all rows or none)')
+    .description(
+      'load a CSV, Parquet or Arrow IPC file into the offline store of a feature view (all rows or none)',
+    )
     .requiredOption('--project <project>', 'project of the view')
     .requiredOption('--view <name>', 'feature view the rows belong to')
     .requiredOption(
       '--file <path>',
-      'CSV with a header row: join keys, event_timestamp, [created_timestamp], features',
+      'columns: join keys, event_timestamp, [created_timestamp], features (.csv with a header row, .parquet, .arrow/.feather/.ipc/.arrows)',
+    )
+    .addOption(
+      new Option('--format <format>', 'file format (default: from the extension)').choices(fileFormats),
     )
     .option('--address <host:port>', 'fstore server', `localhost:${configDefaults.grpcPort}`)
     .option('--chunk-rows <n>', 'rows per streamed chunk', '1000')
+    .option('--write-online', 'also write the latest row per entity to the online store after the commit')
     .action(
-      async (flags: { project: string; view: string; file: string; address: string; chunkRows: string }) => {
+      async (flags: {
+        project: string;
+        view: string;
+        file: string;
+        format?: FileFormat;
+        address: string;
+        chunkRows: string;
+        writeOnline?: boolean;
+      }) => {
         const chunkRows = Number(flags.chunkRows);
         if (!Number.isInteger(chunkRows) || chunkRows < 1)
           fail(new Error(`--chunk-rows: "${flags.chunkRows}" is not a positive integer`));
@@ -162,17 +177,28 @@ export function buildProgram(): Command {
         const features = createClient(FeatureService, flags.address);
         try {
           const started = Date.now();
-          const { rows } = await ingestCsv(
+          const { rows, writtenOnline, staleOnline } = await ingestFile(
             { registry, features },
-            { project: flags.project, featureView: flags.view, file: flags.file, chunkRows },
+            {
+              project: flags.project,
+              featureView: flags.view,
+              file: flags.file,
+              format: flags.format,
+              chunkRows,
+              writeOnline: flags.writeOnline ?? false,
+            },
           );
           const seconds = (Date.now() - started) / 1000;
           process.stdout.write(
-            `ingested ${rows} rows into ${flags.project}/${flags.view} in ${seconds.toFixed(1)} s\n`,
+            `ingested ${rows} rows into ${flags.project}/${flags.view} in ${seconds.toFixed(1)} s${
+              flags.writeOnline ? `; online: ${writtenOnline} written, ${staleOnline} stale` : ''
+            }\n`,
           );
         } catch (error) {
+          // After the commit only the online write can fail; the server's message says so.
+          const message = error instanceof Error ? error.message : String(error);
           process.stderr.write(
-            `fstore ingest: ${error instanceof Error ? error.message : String(error)}; nothing was stored\n`,
+            `fstore ingest: ${message}${/ARE committed/.test(message) ? '' : '; nothing was stored'}\n`,
           );
           process.exitCode = 1;
         } finally {

@@ -18,6 +18,10 @@ export const configDefaults = {
   embeddedPostgresPort: 54329,
   maxBatchRows: 1_000,
   materializeBatchRows: 10_000, // rows per offline fetch and per pipelined online write
+  historicalBlockRows: 1_000_000, // entity rows joined at once by GetHistoricalFeatures (bounds its memory)
+  historicalChunkRows: 10_000, // most rows per GetHistoricalFeatures message, both directions
+  historicalSegmentRows: 65_536, // feature rows per point-in-time worker task (a key is never split)
+  workerThreads: 0, // point-in-time join workers; 0: one per core
   maxMessageBytes: 16 * 1024 * 1024, // 16 MiB, both directions
   shutdownGraceMs: 10_000, // ten seconds of draining before in-flight calls are cut
   onlineExpiryGraceMs: 3_600_000, // keys outlive their ttl by one hour, so reads say OUTSIDE_MAX_AGE before NOT_FOUND
@@ -58,6 +62,10 @@ const settings = {
   embeddedPostgresPort: { env: 'FSTORE_EMBEDDED_POSTGRES_PORT', schema: integer(1, 65_535) },
   maxBatchRows: { env: 'FSTORE_MAX_BATCH_ROWS', schema: integer(1, 100_000) },
   materializeBatchRows: { env: 'FSTORE_MATERIALIZE_BATCH_ROWS', schema: integer(1, 1_000_000) },
+  historicalBlockRows: { env: 'FSTORE_HISTORICAL_BLOCK_ROWS', schema: integer(1, 50_000_000) },
+  historicalChunkRows: { env: 'FSTORE_HISTORICAL_CHUNK_ROWS', schema: integer(1, 1_000_000) },
+  historicalSegmentRows: { env: 'FSTORE_HISTORICAL_SEGMENT_ROWS', schema: integer(1, 10_000_000) },
+  workerThreads: { env: 'FSTORE_WORKER_THREADS', schema: integer(0, 256) },
   maxMessageBytes: { env: 'FSTORE_MAX_MESSAGE_BYTES', schema: integer(1024, 1024 * 1024 * 1024) },
   shutdownGraceMs: { env: 'FSTORE_SHUTDOWN_GRACE_MS', schema: integer(0, 600_000) },
   onlineExpiryGraceMs: { env: 'FSTORE_ONLINE_EXPIRY_GRACE_MS', schema: integer(0, 365 * 24 * 3_600_000) },

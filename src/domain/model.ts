@@ -53,6 +53,15 @@ export interface FeatureDefinition {
   readonly type: ValueType;
   readonly description: string;
   readonly tags: Readonly<Record<string, string>>;
+  // Validation rules, checked on every row written (ingest, online writes); absent: no rule.
+  /** Nulls are refused. */
+  readonly required?: boolean;
+  /**
+   * Inclusive bounds of int64, double, float and timestamp (microseconds) features, checked on
+   * every element of their lists; NaN is refused when either is set.
+   */
+  readonly min?: number;
+  readonly max?: number;
 }
 
 export interface FeatureViewDefinition {

@@ -1,11 +1,13 @@
 import { FStoreError, invalidArgument } from './errors.js';
 import {
   type EntityDefinition,
+  type FeatureDefinition,
   type FeatureSetDefinition,
   type FeatureViewDefinition,
   featureViewSources,
   type JoinKey,
   keyTypes,
+  type ValueType,
   valueTypes,
 } from './model.js';
 
@@ -57,6 +59,37 @@ export function validateEntityDefinition(entity: EntityDefinition, field = 'enti
   );
 }
 
+/** The types whose features may have bounds (`min`, `max`): numbers, timestamps, their lists. */
+const boundedValueTypes: readonly ValueType[] = [
+  'int64',
+  'double',
+  'float',
+  'timestamp',
+  'int64_list',
+  'double_list',
+  'float_list',
+];
+
+/** A feature's validation rules: bounds only on bounded types, finite, min ≤ max. */
+function validateFeatureRules(feature: FeatureDefinition, field: string): void {
+  if (feature.required !== undefined && typeof feature.required !== 'boolean')
+    throw invalidArgument(`${field}.required`, 'must be true or false');
+  for (const bound of ['min', 'max'] as const) {
+    const value = feature[bound];
+    if (value === undefined) continue;
+    if (!boundedValueTypes.includes(feature.type))
+      throw invalidArgument(
+        `${field}.${bound}`,
+        `applies only to int64, double, float and timestamp features and their lists, not to ${feature.type}`,
+      );
+    // Also keeps the definition storable: JSON has no NaN or Infinity.
+    if (typeof value !== 'number' || !Number.isFinite(value))
+      throw invalidArgument(`${field}.${bound}`, `must be a finite number, got ${String(value)}`);
+  }
+  if (feature.min !== undefined && feature.max !== undefined && feature.min > feature.max)
+    throw invalidArgument(`${field}.min`, `${feature.min} is above the maximum ${feature.max}`);
+}
+
 export function validateFeatureViewDefinition(view: FeatureViewDefinition, field = 'feature_view'): void {
   validateName(`${field}.name`, view.name);
   if (view.entities.length === 0)
@@ -73,6 +106,7 @@ export function validateFeatureViewDefinition(view: FeatureViewDefinition, field
     validateName(`${field}.features[${index}].name`, feature.name);
     if (!valueTypes.includes(feature.type))
       throw invalidArgument(`${field}.features[${index}].type`, 'a value type is required');
+    validateFeatureRules(feature, `${field}.features[${index}]`);
   });
   assertUnique(
     `${field}.features`,
@@ -133,7 +167,10 @@ export function isSameFeatureView(
         feature.name === other.name &&
         feature.type === other.type &&
         feature.description === other.description &&
-        canonicalTags(feature.tags) === canonicalTags(other.tags)
+        canonicalTags(feature.tags) === canonicalTags(other.tags) &&
+        (feature.required ?? false) === (other.required ?? false) &&
+        feature.min === other.min &&
+        feature.max === other.max
       );
     }) &&
     current.ttlMs === next.ttlMs &&
@@ -148,7 +185,9 @@ export function isSameFeatureView(
 /**
  * The reasons `next` cannot replace `current` without breaking readers of stored values: a
  * removed feature, a changed feature type, changed entities or join keys. Empty when compatible
- * (added features, reordered features, ttl and metadata changes).
+ * (added features, reordered features, ttl and metadata changes). Validation rules may change
+ * either way, tighter included: they judge rows as they are written, and rows already stored
+ * stay readable whatever the new rules say.
  */
 export function findIncompatibleChanges(
   current: FeatureViewDefinition & { readonly joinKeys: readonly JoinKey[] },

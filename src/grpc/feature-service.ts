@@ -1,8 +1,9 @@
 import { FeatureService, type IngestFeaturesRequest } from '../../gen/fstore/v1/feature_service_pb.js';
-import { FStoreError } from '../domain/errors.js';
+import type { HistoricalService } from '../serving/historical.js';
 import type { IngestMessage, IngestService } from '../serving/ingest.js';
 import type { MaterializeService } from '../serving/materialize.js';
 import type { OnlineFeatureService } from '../serving/online-features.js';
+import { historicalMessages, historicalResponse } from './historical-mapping.js';
 import { encodeOnlineResponse } from './online-response-encoder.js';
 import type { ServiceHandlers } from './server.js';
 import { EncodedMessage } from './service-definition.js';
@@ -15,7 +16,12 @@ async function* ingestMessages(
   for await (const request of requests) {
     const message = request.message;
     if (message.case === 'header')
-      yield { kind: 'header', project: message.value.project, featureView: message.value.featureView };
+      yield {
+        kind: 'header',
+        project: message.value.project,
+        featureView: message.value.featureView,
+        writeOnline: message.value.writeOnline,
+      };
     else if (message.case === 'rows')
       yield {
         kind: 'rows',
@@ -40,6 +46,7 @@ export function createFeatureServiceHandlers(
   online: OnlineFeatureService,
   ingest: IngestService,
   materialize: MaterializeService,
+  historical: HistoricalService,
 ): ServiceHandlers<typeof FeatureService> {
   return {
     async getOnlineFeatures(request, { signal }) {
@@ -96,14 +103,18 @@ export function createFeatureServiceHandlers(
         };
     },
 
-    // biome-ignore lint/correctness/useYield: replaced by the historical service (in progress)
-    async *getHistoricalFeatures() {
-      throw new FStoreError('unimplemented', 'GetHistoricalFeatures is not available yet');
+    async *getHistoricalFeatures(requests, { signal }) {
+      for await (const chunk of historical.retrieve(historicalMessages(requests), signal))
+        yield historicalResponse(chunk);
     },
 
     async ingestFeatures(requests, { signal }) {
       const result = await ingest.ingest(ingestMessages(requests), signal);
-      return { rowsIngested: BigInt(result.rows) };
+      return {
+        rowsIngested: BigInt(result.rows),
+        rowsWrittenOnline: BigInt(result.writtenOnline),
+        rowsStaleOnline: BigInt(result.staleOnline),
+      };
     },
   };
 }

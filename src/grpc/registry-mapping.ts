@@ -92,7 +92,15 @@ export function featureViewFromProto(
     features: view.features.map((feature, index) => {
       const type = valueTypeFromProto(feature.type);
       if (!type) throw invalidArgument(`${field}.features[${index}].type`, 'a value type is required');
-      return { name: feature.name, type, description: feature.description, tags: { ...feature.tags } };
+      return {
+        name: feature.name,
+        type,
+        description: feature.description,
+        tags: { ...feature.tags },
+        required: feature.required,
+        ...(feature.min !== undefined ? { min: feature.min } : {}),
+        ...(feature.max !== undefined ? { max: feature.max } : {}),
+      };
     }),
     ttlMs: ttlMsFromDuration(view.ttl, `${field}.ttl`),
     online: view.online,
@@ -112,6 +120,9 @@ export function featureViewToProto(view: FeatureView): MessageInitShape<typeof F
       type: valueTypeToProto(feature.type),
       description: feature.description,
       tags: { ...feature.tags },
+      required: feature.required ?? false,
+      min: feature.min,
+      max: feature.max,
     })),
     ttl: { seconds: BigInt(Math.floor(view.ttlMs / 1000)), nanos: (view.ttlMs % 1000) * 1_000_000 },
     online: view.online,

@@ -123,7 +123,9 @@ async function* requestsOf(
   call: ServerReadableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>,
   signal: AbortSignal,
 ): AsyncGenerator<unknown> {
-  for await (const request of call) yield request;
+  // Not `for await (… of call)`: its iterator destroys the stream at the end of the input, and a
+  // destroyed duplex can no longer send the responses and status of a bidirectional call.
+  for await (const request of call.iterator({ destroyOnReturn: false })) yield request;
   if (call.cancelled || signal.aborted)
     throw signal.reason instanceof FStoreError
       ? signal.reason

@@ -117,3 +117,19 @@ const statusToProto: Record<FeatureStatus, ProtoFeatureStatus> = {
 export function featureStatusToProto(status: FeatureStatus): ProtoFeatureStatus {
   return statusToProto[status];
 }
+
+/** A column back as the vector it came from (carried columns are echoed unchanged). */
+export function vectorFromColumn(column: Column): VectorInit {
+  switch (column.kind) {
+    case 'int64':
+      return { values: { case: 'int64Values', value: { values: column.values as bigint[] } } };
+    case 'timestamp':
+      return { values: { case: 'timestampValues', value: { values: column.values as bigint[] } } };
+    case 'list':
+      return { values: { case: 'listValues', value: { rows: column.values.map(vectorFromColumn) } } };
+    case 'none':
+      return {};
+    default:
+      return scalarVector(column.kind, column.values);
+  }
+}

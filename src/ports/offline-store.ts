@@ -30,6 +30,34 @@ export interface TimeRange {
   readonly endMicros: number;
 }
 
+/** The distinct entity keys of a point-in-time read; a key's rank is its position. */
+export interface PointInTimeKeys {
+  /** One column per join key of the view, in order, all of the same length. */
+  readonly keys: readonly (readonly KeyValue[])[];
+  /** Per key: the latest label time asked for it (microseconds); later rows are not read. */
+  readonly maxTimes: Float64Array;
+}
+
+/**
+ * Feature rows of a point-in-time read: every row (of any version) of the ranks
+ * firstRank..lastRank, sorted by (rank, event time, created time), encoded as PostgreSQL binary
+ * COPY rows `(rank int4, event_time timestamptz, created_time timestamptz, <the features of the
+ * view version asked for, in order>)` and decoded off the event loop by the point-in-time worker
+ * (src/adapters/postgres/offline/binary-rows.ts). `bytes` owns its buffer: it can be transferred.
+ */
+export interface FeatureRowSegment {
+  readonly bytes: Uint8Array;
+  readonly rows: number;
+  readonly firstRank: number;
+  readonly lastRank: number;
+}
+
+/** Distinct (keys, time) pairs, column-major. */
+export interface EntityTimes {
+  readonly keys: readonly (readonly KeyValue[])[];
+  readonly times: readonly number[];
+}
+
 export interface OfflineStore {
   /**
    * Makes the storage of a view version exist (tables, columns, partitions' parent): idempotent,
@@ -53,6 +81,26 @@ export interface OfflineStore {
     range: TimeRange,
     options: { readonly batchRows: number; readonly signal?: AbortSignal },
   ): AsyncIterable<OfflineRowBatch>;
+  /**
+   * The feature rows a point-in-time join of `keys` needs: for each key, its rows with event time
+   * ≤ its max time, in segments of at least `segmentRows` rows that never split a key. Streamed
+   * from one query; a segment is produced only when the previous one was taken, so a slow
+   * consumer slows the database read. Stopping early (break, throw, `signal`) cancels the query.
+   */
+  readPointInTime(
+    view: FeatureView,
+    keys: PointInTimeKeys,
+    options: { readonly segmentRows: number; readonly signal?: AbortSignal },
+  ): AsyncIterable<FeatureRowSegment>;
+  /**
+   * Every distinct (keys, event time) of the rows of `views` (which share their join key names
+   * and types) in `range`, sorted by keys then time, in batches of at most `batchRows`.
+   */
+  readEntityTimes(
+    views: readonly FeatureView[],
+    range: TimeRange,
+    options: { readonly batchRows: number; readonly signal?: AbortSignal },
+  ): AsyncIterable<EntityTimes>;
   /** The end of the last recorded materialization of the view, or undefined. */
   lastMaterializedEnd(viewId: number): Promise<number | undefined>;
   /** Records that the view was materialized up to `endMicros` (kept when later than the stored end). */

@@ -1,7 +1,7 @@
 import { FStoreError, invalidArgument } from '../domain/errors.js';
 import type { OfflineStore } from '../ports/offline-store.js';
 import type { OnlineStore } from '../ports/online-store.js';
-import { toOnlineEntries } from './online-features.js';
+import { toOnlineEntries, writeOnlineEntries } from './online-features.js';
 import type { RegistryCache, ServedView } from './registry-cache.js';
 
 const writesInFlight = 3;
@@ -106,32 +106,19 @@ export class MaterializeService {
           { startMicros, endMicros },
           { batchRows: this.options.batchRows, ...(signal ? { signal } : {}) },
         );
+        const graceMs = this.options.onlineExpiryGraceMs;
+        async function* entries() {
+          for await (const batch of batches)
+            yield toOnlineEntries(current, batch.keys, batch.eventTimes, batch.values, graceMs);
+        }
         // Each entity appears once per run, so writes of consecutive batches may overlap: while
         // Redis applies one batch, the next is read and encoded (at most `writesInFlight`).
-        const inFlight: Promise<void>[] = [];
-        for await (const batch of batches) {
-          const entries = toOnlineEntries(
-            current,
-            batch.keys,
-            batch.eventTimes,
-            batch.values,
-            this.options.onlineExpiryGraceMs,
-          );
-          const write = this.online.writeMany(entries).then((result) => {
-            progress.rowsRead += entries.length;
-            progress.rowsWritten += result.written;
-            progress.rowsStale += result.stale;
-          });
-          // Awaited below in order; marked handled now so a failure while an earlier write is
-          // still awaited is not an unhandled rejection.
-          write.catch(() => {});
-          inFlight.push(write);
-          if (inFlight.length >= writesInFlight) {
-            await inFlight.shift();
-            yield { ...progress, done: false };
-          }
+        for await (const totals of writeOnlineEntries(this.online, entries(), writesInFlight)) {
+          progress.rowsRead = totals.entries;
+          progress.rowsWritten = totals.written;
+          progress.rowsStale = totals.stale;
+          yield { ...progress, done: false };
         }
-        await Promise.all(inFlight);
         await this.offline.recordMaterialized(current.id, { startMicros, endMicros });
       }
       yield { ...progress, done: true };

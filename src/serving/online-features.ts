@@ -1,5 +1,5 @@
 import { type Column, zeroValue } from '../domain/columns.js';
-import { FStoreError, invalidArgument } from '../domain/errors.js';
+import { FStoreError } from '../domain/errors.js';
 import { computeFeatureStatus, type FeatureStatus, onlineExpiryMs } from '../domain/feature-status.js';
 import type { FeatureValue, FeatureView, KeyValue, ValueType } from '../domain/model.js';
 import {
@@ -10,9 +10,9 @@ import {
   encodeOnlineRow,
   featureSlot,
 } from '../domain/online-codec.js';
-import { parseFeatureReference } from '../domain/registry-rules.js';
 import type { OnlineEntry, OnlineStore } from '../ports/online-store.js';
-import type { RegistryCache, ServedProject, ServedView } from './registry-cache.js';
+import { resolveFeatures } from './feature-references.js';
+import type { RegistryCache, ServedView } from './registry-cache.js';
 import { countRows, joinKeyColumns, validateRows } from './rows.js';
 
 export interface OnlineServingOptions {
@@ -23,8 +23,6 @@ export interface OnlineServingOptions {
   /** Clock in microseconds since the epoch; tests pin it. */
   readonly nowMicros?: () => number;
 }
-
-export const maxFeaturesPerRequest = 1_000;
 
 export interface OnlineReadRequest {
   readonly project: string;
@@ -119,6 +117,48 @@ export function toOnlineEntries(
   return entries;
 }
 
+export interface OnlineWriteTotals {
+  /** Entries sent to the store. */
+  readonly entries: number;
+  readonly written: number;
+  readonly stale: number;
+}
+
+/**
+ * Writes batches of entries to the online store (last write wins), keeping up to `writesInFlight`
+ * store calls going so that producing the next batch (a database read, the encoding) overlaps
+ * the store applying the previous ones. For batches in which each key appears once in all: two
+ * writes of one key in flight together could land in either order. Yields the running totals
+ * after each write completes, in order; the first failure rejects.
+ */
+export async function* writeOnlineEntries(
+  store: OnlineStore,
+  batches: AsyncIterable<readonly OnlineEntry[]> | Iterable<readonly OnlineEntry[]>,
+  writesInFlight: number,
+): AsyncGenerator<OnlineWriteTotals> {
+  const totals = { entries: 0, written: 0, stale: 0 };
+  const inFlight: Promise<void>[] = [];
+  for await (const entries of batches) {
+    const write = store.writeMany(entries).then((result) => {
+      totals.entries += entries.length;
+      totals.written += result.written;
+      totals.stale += result.stale;
+    });
+    // Awaited below in order; marked handled now so a failure while an earlier write is still
+    // awaited is not an unhandled rejection.
+    write.catch(() => {});
+    inFlight.push(write);
+    if (inFlight.length >= writesInFlight) {
+      await inFlight.shift();
+      yield { ...totals };
+    }
+  }
+  while (inFlight.length > 0) {
+    await inFlight.shift();
+    yield { ...totals };
+  }
+}
+
 /**
  * Online reads and writes (DESIGN §4): resolves references against the cached registry,
  * validates the request whole, then makes exactly one call to the online store.
@@ -136,38 +176,15 @@ export class OnlineFeatureService {
 
   async read(request: OnlineReadRequest, signal?: AbortSignal): Promise<OnlineReadResult> {
     const project = this.registry.project(request.project);
-    const references = this.#requestedReferences(project, request);
+    const { views: requested } = resolveFeatures(project, request, { online: true });
     const rowCount = countRows(request.entities, this.options.maxBatchRows);
 
     const lookups = new Map<string, ViewLookup>();
-    references.forEach((reference, output) => {
-      const field = request.featureSet
-        ? `feature_set "${request.featureSet}" features[${output}]`
-        : `features[${output}]`;
-      const parsed = parseFeatureReference(field, reference);
-      let lookup = lookups.get(parsed.view);
-      if (!lookup) {
-        const view = project.views.get(parsed.view);
-        if (!view)
-          throw new FStoreError(
-            'not_found',
-            `${field}: project "${request.project}" has no feature view "${parsed.view}"`,
-          );
-        if (!view.current.online)
-          throw new FStoreError(
-            'failed_precondition',
-            `${field}: feature view "${parsed.view}" is not served online`,
-          );
-        lookup = { view, features: [], rowKeys: new Int32Array(0) };
-        lookups.set(parsed.view, lookup);
-      }
-      if (!lookup.view.featureIndexes.get(lookup.view.current.version)?.has(parsed.feature))
-        throw new FStoreError(
-          'not_found',
-          `${field}: feature view "${parsed.view}" has no feature "${parsed.feature}"`,
-        );
-      lookup.features.push({ reference, name: parsed.feature, output });
-    });
+    let outputs = 0;
+    for (const [name, { view, features }] of requested) {
+      lookups.set(name, { view, features, rowKeys: new Int32Array(0) });
+      outputs += features.length;
+    }
 
     // Every view's keys go into one list, duplicates removed, for a single store call.
     const keys: string[] = [];
@@ -197,7 +214,7 @@ export class OnlineFeatureService {
     );
     const requestTimeMicros = this.#nowMicros();
 
-    const columns = new Array<OnlineFeatureColumn>(references.length);
+    const columns = new Array<OnlineFeatureColumn>(outputs);
     for (const lookup of lookups.values()) {
       const { view } = lookup;
       const rows = new Array<DecodedOnlineRow | null>(rowCount);
@@ -293,33 +310,5 @@ export class OnlineFeatureService {
       this.options.onlineExpiryGraceMs,
     );
     return untilAborted(this.store.writeMany(entries), signal);
-  }
-
-  #requestedReferences(project: ServedProject, request: OnlineReadRequest): readonly string[] {
-    if (request.featureSet && request.features.length > 0)
-      throw invalidArgument('features', 'give either features or feature_set, not both');
-    if (request.featureSet) {
-      const featureSet = project.featureSets.get(request.featureSet);
-      if (!featureSet)
-        throw new FStoreError(
-          'not_found',
-          `feature_set: project "${request.project}" has no feature set "${request.featureSet}"`,
-        );
-      return featureSet.features;
-    }
-    if (request.features.length === 0)
-      throw invalidArgument('features', 'name at least one feature, or a feature_set');
-    if (request.features.length > maxFeaturesPerRequest)
-      throw new FStoreError(
-        'resource_exhausted',
-        `features: ${request.features.length} references, at most ${maxFeaturesPerRequest} per request`,
-      );
-    const seen = new Set<string>();
-    request.features.forEach((reference, index) => {
-      if (seen.has(reference))
-        throw invalidArgument(`features[${index}]`, `"${reference}" is requested twice`);
-      seen.add(reference);
-    });
-    return request.features;
   }
 }

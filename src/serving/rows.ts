@@ -1,6 +1,6 @@
 import { type Column, columnToFeatureValues, columnToKeyValues } from '../domain/columns.js';
 import { FStoreError, invalidArgument } from '../domain/errors.js';
-import type { FeatureValue, FeatureView, KeyValue } from '../domain/model.js';
+import type { FeatureDefinition, FeatureValue, FeatureView, KeyValue, ScalarValue } from '../domain/model.js';
 import type { ServedView } from './registry-cache.js';
 
 /**
@@ -87,14 +87,61 @@ function timesOf(field: string, times: readonly bigint[], rowCount: number, posi
 }
 
 /**
+ * Refuses the first value of a feature's column that breaks its rules: a null when required, a
+ * value or list element outside [min, max], NaN when bounded. Rows are numbered from `firstRow`.
+ */
+function assertFeatureRules(
+  feature: FeatureDefinition,
+  values: readonly FeatureValue[],
+  firstRow: number,
+): void {
+  const { required = false, min, max } = feature;
+  const bounded = min !== undefined || max !== undefined;
+  if (!required && !bounded) return;
+  // float values arrive rounded to float32, so a bound is compared rounded the same way: a
+  // client sending exactly the bound (0.1 stored as float32) is within it.
+  const single = feature.type === 'float' || feature.type === 'float_list';
+  const low = min === undefined ? undefined : single ? Math.fround(min) : min;
+  const high = max === undefined ? undefined : single ? Math.fround(max) : max;
+  const field = (row: number) => `rows[${firstRow + row}].features["${feature.name}"]`;
+  // Bounded types hold numbers (double, float, timestamp) or bigints (int64); a bigint compares
+  // with a number bound exactly.
+  const problem = (value: ScalarValue): string | undefined => {
+    const number = value as number | bigint;
+    if (Number.isNaN(number)) return 'NaN is refused: the feature has a minimum or maximum';
+    if (low !== undefined && number < low) return `${number} is below the minimum ${min}`;
+    if (high !== undefined && number > high) return `${number} is above the maximum ${max}`;
+    return undefined;
+  };
+  for (let row = 0; row < values.length; row++) {
+    const value = values[row] as FeatureValue;
+    if (value === null) {
+      if (required) throw invalidArgument(field(row), 'is null but the feature is required');
+      continue;
+    }
+    if (!bounded) continue;
+    if (Array.isArray(value)) {
+      for (let element = 0; element < value.length; element++) {
+        const reason = problem(value[element] as ScalarValue);
+        if (reason) throw invalidArgument(`${field(row)}[${element}]`, reason);
+      }
+    } else {
+      const reason = problem(value as ScalarValue);
+      if (reason) throw invalidArgument(field(row), reason);
+    }
+  }
+}
+
+/**
  * Checks rows against the view's current version: every join key, every feature exactly once
  * with one value of its type per row, one event time per row (positive when `positiveTimes`:
- * online writes treat 0 as "missing"). Throws FStoreError naming the field.
+ * online writes treat 0 as "missing"), then the features' rules (required, min, max), naming rows
+ * from `firstRow` (an ingest chunk's place in its stream). Throws FStoreError naming the field.
  */
 export function validateRows(
   view: ServedView,
   rows: RowColumns,
-  options: { readonly maxBatchRows: number; readonly positiveTimes: boolean },
+  options: { readonly maxBatchRows: number; readonly positiveTimes: boolean; readonly firstRow?: number },
 ): ValidatedRows {
   const { current } = view;
   const rowCount = countRows(rows.entities, options.maxBatchRows);
@@ -130,6 +177,9 @@ export function validateRows(
         'features',
         `missing feature "${feature.name}" of feature view "${current.name}"`,
       );
+  });
+  current.features.forEach((feature, index) => {
+    assertFeatureRules(feature, values[index] as FeatureValue[], options.firstRow ?? 0);
   });
   return { rowCount, keys, eventTimes, createdTimes, values: values as FeatureValue[][] };
 }

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,26 +7,9 @@ import { ValueType } from '../../gen/fstore/v1/values_pb.js';
 import { parseTimestampMicros } from '../../src/cli/ingest-csv.js';
 import { randomName, requireEnvironment } from '../support/environment.js';
 import { startTestServer, type TestServer } from '../support/serving-harness.js';
+import { runCli } from './run-cli.js';
 
-const binary = join(import.meta.dirname, '../../bin/fstore.js');
-
-function runIngest(args: string[]): Promise<{ code: number | null; output: string }> {
-  return run(['ingest', ...args]);
-}
-
-function run(args: string[]): Promise<{ code: number | null; output: string }> {
-  return new Promise((resolve) => {
-    let output = '';
-    const child = spawn(process.execPath, [binary, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    child.stdout.on('data', (data) => {
-      output += data;
-    });
-    child.stderr.on('data', (data) => {
-      output += data;
-    });
-    child.once('exit', (code) => resolve({ code, output }));
-  });
-}
+const runIngest = (args: string[]) => runCli(['ingest', ...args]);
 
 describe('fstore ingest (CSV)', () => {
   let server: TestServer;
@@ -119,6 +101,50 @@ describe('fstore ingest (CSV)', () => {
     expect(rows[24]?.fare).toBe(36);
   });
 
+  it('with --write-online, also writes the latest row per rider online', async () => {
+    await server.registry.applyFeatureView({
+      project,
+      featureView: {
+        name: 'rides_online',
+        entities: ['rider'],
+        online: true,
+        features: [{ name: 'fare', type: ValueType.DOUBLE }],
+      },
+    });
+    const file = join(directory, 'online.csv');
+    await writeFile(file, 'rider_id,event_timestamp,fare\n1,5,1.5\n1,9,9.5\n1,7,7.5\n2,6,2.5\n');
+    const ingest = (view: string) =>
+      runIngest([
+        '--address',
+        server.address,
+        '--project',
+        project,
+        '--view',
+        view,
+        '--file',
+        file,
+        '--write-online',
+      ]);
+    expect(await ingest('rides_online')).toMatchObject({
+      code: 0,
+      output: expect.stringContaining('online: 2 written, 0 stale'),
+    });
+    const response = await server.features.getOnlineFeatures({
+      project,
+      features: ['rides_online:fare'],
+      entities: { rider_id: { values: { case: 'int64Values', value: { values: [1n, 2n] } } } },
+    });
+    expect(response.features[0]?.values?.values.value).toEqual(
+      expect.objectContaining({ values: [9.5, 2.5] }),
+    );
+    // A view that is not served online is refused before anything is stored.
+    await writeFile(file, 'rider_id,event_timestamp,fare,tags\n1,5,1.5,[]\n');
+    expect(await ingest('rides')).toMatchObject({
+      code: 1,
+      output: expect.stringMatching(/write_online.*not served online.*nothing was stored/),
+    });
+  });
+
   it('names the line and column of a bad cell and stores nothing', async () => {
     const before = (await stored()).length;
     const file = join(directory, 'bad.csv');
@@ -173,7 +199,7 @@ describe('fstore ingest (CSV)', () => {
       (await runIngest(['--address', server.address, '--project', project, '--view', 'live', '--file', file]))
         .code,
     ).toBe(0);
-    const result = await run([
+    const result = await runCli([
       'materialize',
       '--address',
       server.address,
@@ -196,7 +222,7 @@ describe('fstore ingest (CSV)', () => {
       entities: { rider_id: { values: { case: 'int64Values', value: { values: [7n, 8n] } } } },
     });
     expect(response.features[0]?.values?.values.value).toMatchObject({ values: [2.5, 8] });
-    const bad = await run([
+    const bad = await runCli([
       'materialize',
       '--address',
       server.address,

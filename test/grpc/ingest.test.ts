@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { IngestFeaturesRequestSchema } from '../../gen/fstore/v1/feature_service_pb.js';
 import { ValueType } from '../../gen/fstore/v1/values_pb.js';
 import { randomName, requireEnvironment } from '../support/environment.js';
-import { doubles, failureOf, int64s, strings } from '../support/fixtures.js';
+import { doubles, failureOf, int64s, lists, strings } from '../support/fixtures.js';
 import { startTestServer, type TestServer } from '../support/serving-harness.js';
 
 type Request = MessageInitShape<typeof IngestFeaturesRequestSchema>;
@@ -156,6 +156,112 @@ describe('IngestFeatures', () => {
       await failureOf(server.features.ingestFeatures([header(), chunk(0, 1_001), end(1_001)])),
     ).toMatchObject({
       code: 'resource_exhausted',
+    });
+  });
+
+  describe('validation rules', () => {
+    beforeAll(async () => {
+      await server.registry.applyFeatureView({
+        project,
+        featureView: {
+          name: 'checked',
+          entities: ['driver'],
+          features: [
+            { name: 'amount', type: ValueType.DOUBLE, min: 0, max: 1e6 },
+            { name: 'counts', type: ValueType.INT64_LIST, min: 0 },
+            { name: 'label', type: ValueType.STRING, required: true },
+          ],
+        },
+      });
+    });
+
+    type Column = { values: ReturnType<typeof doubles>; nullRows?: number[] };
+    /**
+     * Rows of `checked` numbered from `firstRow` in the stream, one per amount, every other value
+     * valid unless `replace` gives a feature's column.
+     */
+    const checkedChunk = (
+      firstRow: number,
+      amounts: number[],
+      replace: Record<string, Column> = {},
+    ): Request => {
+      const columns: Record<string, Column> = {
+        amount: { values: doubles(...amounts) },
+        counts: { values: lists(...amounts.map(() => int64s(0, 5))) },
+        label: { values: strings(...amounts.map((amount) => `amount ${amount}`)) },
+        ...replace,
+      };
+      return {
+        message: {
+          case: 'rows',
+          value: {
+            entities: { driver_id: int64s(...amounts.map((_, index) => firstRow + index)) },
+            eventTimestamps: amounts.map((_, index) => BigInt(1_700_000_000_000_000 + firstRow + index)),
+            features: Object.entries(columns).map(([name, column]) => ({ name, ...column })),
+          },
+        },
+      };
+    };
+    const ingestChecked = (...chunks: number[][]) => {
+      let firstRow = 0;
+      const requests = chunks.map((amounts) => {
+        const chunk = checkedChunk(firstRow, amounts);
+        firstRow += amounts.length;
+        return chunk;
+      });
+      return failureOf(server.features.ingestFeatures([header('checked'), ...requests, end(firstRow)]));
+    };
+    const tens = (count: number) => Array.from({ length: count }, (_, index) => index * 10);
+
+    it('refuses a row breaking a rule, naming its row in the stream, the feature and the rule; stores nothing', async () => {
+      expect(await ingestChecked(tens(10), [1, 2, 1e9, 3])).toEqual({
+        code: 'invalid_argument',
+        message:
+          'rows chunk 1 (stream rows from 10): rows[12].features["amount"]: 1000000000 is above the maximum 1000000',
+      });
+      expect(await ingestChecked([1, -0.5])).toMatchObject({
+        code: 'invalid_argument',
+        message: expect.stringContaining('rows[1].features["amount"]: -0.5 is below the minimum 0'),
+      });
+      expect(await ingestChecked([Number.NaN])).toMatchObject({
+        code: 'invalid_argument',
+        message: expect.stringContaining('rows[0].features["amount"]: NaN is refused'),
+      });
+      const negativeCount = checkedChunk(5, [1, 2], { counts: { values: lists(int64s(0), int64s(3, -1)) } });
+      expect(
+        await failureOf(
+          server.features.ingestFeatures([
+            header('checked'),
+            checkedChunk(0, tens(5)),
+            negativeCount,
+            end(7),
+          ]),
+        ),
+      ).toMatchObject({
+        code: 'invalid_argument',
+        message: expect.stringContaining('rows[6].features["counts"][1]: -1 is below the minimum 0'),
+      });
+      const nullLabel = checkedChunk(0, tens(5), {
+        label: { values: strings('a', 'b', 'c', 'd', 'e'), nullRows: [3] },
+      });
+      expect(await failureOf(server.features.ingestFeatures([header('checked'), nullLabel, end(5)]))).toEqual(
+        {
+          code: 'invalid_argument',
+          message:
+            'rows chunk 0 (stream rows from 0): rows[3].features["label"]: is null but the feature is required',
+        },
+      );
+      expect(await storedRows('checked')).toBe(0);
+    });
+
+    it('accepts values exactly at the bounds, and nulls where not required', async () => {
+      const atBounds = checkedChunk(0, [0, 1e6, 5], {
+        amount: { values: doubles(0, 1e6, 0), nullRows: [2] },
+        counts: { values: lists(int64s(0), int64s(), int64s(0, 1_000_000_000_000)) },
+      });
+      const response = await server.features.ingestFeatures([header('checked'), atBounds, end(3)]);
+      expect(response.rowsIngested).toBe(3n);
+      expect(await storedRows('checked')).toBe(3);
     });
   });
 

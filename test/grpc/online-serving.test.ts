@@ -243,6 +243,91 @@ describe.each<OnlineStoreKind>(['memory', 'redis', 'redis-cluster'])('online ser
     expect(response.features[1]?.statuses).toEqual([FeatureStatus.NULL_VALUE]);
   });
 
+  it('enforces validation rules on writes: a bad row fails the batch whole, bounds are inclusive', async () => {
+    await server.registry.applyFeatureView({
+      project,
+      featureView: {
+        name: 'bounded',
+        entities: ['user'],
+        online: true,
+        features: [
+          { name: 'score', type: ValueType.DOUBLE, required: true, min: -1, max: 1 },
+          { name: 'ratio', type: ValueType.FLOAT, max: 0.1 },
+          { name: 'clicks', type: ValueType.INT64, min: 0 },
+          { name: 'seen', type: ValueType.TIMESTAMP, min: 1_000 },
+          { name: 'embedding', type: ValueType.FLOAT_LIST, min: -1, max: 1 },
+        ],
+      },
+    });
+    const users = ['b0', 'b1'];
+    const eventTime = BigInt(nowMicros());
+    type Column = { values: ReturnType<typeof doubles>; nullRows?: number[] };
+    const write = (replace: Record<string, Column>) => {
+      const columns: Record<string, Column> = {
+        score: { values: doubles(0, 0.5) },
+        ratio: { values: floats(0, 0.05) },
+        clicks: { values: int64s(0, 7) },
+        seen: { values: timestamps(1_000, 2_000) },
+        embedding: { values: lists(floats(0), floats(-0.5, 0.5)) },
+        ...replace,
+      };
+      return server.features.writeOnlineFeatures({
+        project,
+        featureView: 'bounded',
+        entities: { user_id: strings(...users) },
+        eventTimestamps: users.map(() => eventTime),
+        features: Object.entries(columns).map(([name, column]) => ({ name, ...column })),
+      });
+    };
+    expect(await failureOf(write({ score: { values: doubles(0, 2) } }))).toEqual({
+      code: 'invalid_argument',
+      message: 'rows[1].features["score"]: 2 is above the maximum 1',
+    });
+    expect(await failureOf(write({ score: { values: doubles(0, 0), nullRows: [0] } }))).toEqual({
+      code: 'invalid_argument',
+      message: 'rows[0].features["score"]: is null but the feature is required',
+    });
+    expect(await failureOf(write({ score: { values: doubles(Number.NaN, 0) } }))).toMatchObject({
+      code: 'invalid_argument',
+      message: expect.stringContaining('rows[0].features["score"]: NaN is refused'),
+    });
+    expect(await failureOf(write({ ratio: { values: floats(0.1, 0.11) } }))).toMatchObject({
+      code: 'invalid_argument',
+      message: expect.stringMatching(/^rows\[1\]\.features\["ratio"\]: 0\.10\d+ is above the maximum 0\.1$/),
+    });
+    expect(await failureOf(write({ clicks: { values: int64s(0, -1) } }))).toMatchObject({
+      code: 'invalid_argument',
+      message: 'rows[1].features["clicks"]: -1 is below the minimum 0',
+    });
+    expect(await failureOf(write({ seen: { values: timestamps(999, 1_000) } }))).toMatchObject({
+      code: 'invalid_argument',
+      message: 'rows[0].features["seen"]: 999 is below the minimum 1000',
+    });
+    expect(await failureOf(write({ embedding: { values: lists(floats(0), floats(1, 1.5)) } }))).toEqual({
+      code: 'invalid_argument',
+      message: 'rows[1].features["embedding"][1]: 1.5 is above the maximum 1',
+    });
+    const read = () =>
+      server.features.getOnlineFeatures({
+        project,
+        features: ['bounded:score', 'bounded:ratio'],
+        entities: { user_id: strings(...users) },
+      });
+    expect((await read()).features[0]?.statuses).toEqual([FeatureStatus.NOT_FOUND, FeatureStatus.NOT_FOUND]);
+
+    // Exactly at the bounds (a float bound compares as float32, as the values do).
+    const written = await write({
+      score: { values: doubles(-1, 1) },
+      ratio: { values: floats(0.1, 0), nullRows: [1] },
+      embedding: { values: lists(floats(-1, 1), floats()) },
+    });
+    expect(written).toMatchObject({ rowsWritten: 2, rowsStale: 0 });
+    const [score, ratio] = (await read()).features;
+    expect(valuesOf(score)).toEqual([-1, 1]);
+    expect(valuesOf(ratio)).toEqual([Math.fround(0.1), 0]);
+    expect(ratio?.statuses).toEqual([FeatureStatus.PRESENT, FeatureStatus.NULL_VALUE]);
+  });
+
   describe('bad input', () => {
     const read = (request: Record<string, unknown>) =>
       failureOf(

@@ -1,5 +1,6 @@
+import type { MessageInitShape } from '@bufbuild/protobuf';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ApplyOutcome } from '../../gen/fstore/v1/registry_pb.js';
+import { ApplyOutcome, type FeatureSchema } from '../../gen/fstore/v1/registry_pb.js';
 import { FeatureStatus, ValueType } from '../../gen/fstore/v1/values_pb.js';
 import { randomName } from '../support/environment.js';
 import { applyFixtures, doubles, failureOf, nowMicros, strings, userEntity } from '../support/fixtures.js';
@@ -112,6 +113,115 @@ describe('RegistryService over gRPC', () => {
     ]);
     const first = await server.registry.getFeatureView({ project, name: 'orders', version: 1 });
     expect(first.featureView?.features[0]?.type).toBe(ValueType.DOUBLE);
+  });
+
+  it('carries validation rules: round trip, a new version per change without force', async () => {
+    type FeatureInit = MessageInitShape<typeof FeatureSchema>;
+    const ruled = (features: FeatureInit[]) => ({
+      name: 'ruled',
+      entities: ['user'],
+      online: true,
+      features,
+    });
+    const rules: FeatureInit[] = [
+      { name: 'amount', type: ValueType.DOUBLE, required: true, min: 0, max: 1e6 },
+      { name: 'count', type: ValueType.INT64, min: -5 },
+      { name: 'at', type: ValueType.TIMESTAMP, max: 4_102_444_800_000_000 },
+      { name: 'weights', type: ValueType.FLOAT_LIST, min: -1, max: 1 },
+      { name: 'label', type: ValueType.STRING, required: true },
+      { name: 'free', type: ValueType.DOUBLE },
+    ];
+    const rulesOf = (features: readonly { name: string; required: boolean; min?: number; max?: number }[]) =>
+      features.map(({ name, required, min, max }) => ({ name, required, min, max }));
+    const expected = [
+      { name: 'amount', required: true, min: 0, max: 1e6 },
+      { name: 'count', required: false, min: -5, max: undefined },
+      { name: 'at', required: false, min: undefined, max: 4_102_444_800_000_000 },
+      { name: 'weights', required: false, min: -1, max: 1 },
+      { name: 'label', required: true, min: undefined, max: undefined },
+      { name: 'free', required: false, min: undefined, max: undefined },
+    ];
+
+    const created = await server.registry.applyFeatureView({ project, featureView: ruled(rules) });
+    expect(created).toMatchObject({ outcome: ApplyOutcome.CREATED, featureView: { version: 1 } });
+    expect(rulesOf(created.featureView?.features ?? [])).toEqual(expected);
+    // Read back from PostgreSQL, by the other replica too: a bound of 0 stays set.
+    for (const reader of [server, replica]) {
+      const stored = await reader.registry.getFeatureView({ project, name: 'ruled' });
+      expect(rulesOf(stored.featureView?.features ?? [])).toEqual(expected);
+    }
+    expect((await server.registry.applyFeatureView({ project, featureView: ruled(rules) })).outcome).toBe(
+      ApplyOutcome.UNCHANGED,
+    );
+
+    // Tightening and loosening rules are both compatible: old rows stay readable.
+    const tightened = rules.map((feature) =>
+      feature.name === 'amount'
+        ? { ...feature, max: 1e3 }
+        : feature.name === 'free'
+          ? { ...feature, required: true }
+          : feature,
+    );
+    expect(await server.registry.applyFeatureView({ project, featureView: ruled(tightened) })).toMatchObject({
+      outcome: ApplyOutcome.UPDATED,
+      featureView: { version: 2 },
+    });
+    const loosened = tightened.map((feature) =>
+      feature.name === 'count' ? { ...feature, min: undefined } : feature,
+    );
+    expect(await server.registry.applyFeatureView({ project, featureView: ruled(loosened) })).toMatchObject({
+      outcome: ApplyOutcome.UPDATED,
+      featureView: { version: 3 },
+    });
+    const history = await server.registry.listFeatureViewVersions({ project, name: 'ruled' });
+    expect(
+      history.versions.map((version) => {
+        const [amount, count, , , , free] = version.features;
+        return [version.version, amount?.max, count?.min, free?.required];
+      }),
+    ).toEqual([
+      [1, 1e6, -5, false],
+      [2, 1e3, -5, true],
+      [3, 1e3, undefined, true],
+    ]);
+  });
+
+  it('refuses bad validation rules naming the feature and the rule', async () => {
+    const refused = (feature: MessageInitShape<typeof FeatureSchema>) =>
+      failureOf(
+        server.registry.applyFeatureView({
+          project,
+          featureView: {
+            name: 'bad_rules',
+            entities: ['user'],
+            features: [{ name: 'ok', type: ValueType.DOUBLE }, feature],
+          },
+        }),
+      );
+    expect(await refused({ name: 'label', type: ValueType.STRING, min: 0 })).toEqual({
+      code: 'invalid_argument',
+      message:
+        'feature_view.features[1].min: applies only to int64, double, float and timestamp features and their lists, not to string',
+    });
+    expect(await refused({ name: 'flag', type: ValueType.BOOL_LIST, max: 1 })).toMatchObject({
+      code: 'invalid_argument',
+      message: expect.stringContaining('feature_view.features[1].max: applies only to'),
+    });
+    expect(await refused({ name: 'x', type: ValueType.DOUBLE, min: 5, max: 1 })).toEqual({
+      code: 'invalid_argument',
+      message: 'feature_view.features[1].min: 5 is above the maximum 1',
+    });
+    expect(await refused({ name: 'x', type: ValueType.DOUBLE, max: Number.NaN })).toEqual({
+      code: 'invalid_argument',
+      message: 'feature_view.features[1].max: must be a finite number, got NaN',
+    });
+    expect(await refused({ name: 'x', type: ValueType.INT64, min: Number.NEGATIVE_INFINITY })).toMatchObject({
+      code: 'invalid_argument',
+      message: expect.stringContaining('feature_view.features[1].min: must be a finite number'),
+    });
+    expect(await failureOf(server.registry.getFeatureView({ project, name: 'bad_rules' }))).toMatchObject({
+      code: 'not_found',
+    });
   });
 
   it('rejects malformed definitions naming the field', async () => {

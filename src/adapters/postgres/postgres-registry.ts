@@ -490,6 +490,10 @@ const featureViewDefinition = (view: FeatureViewDefinition): FeatureViewDefiniti
     type: feature.type,
     description: feature.description ?? '',
     tags: { ...feature.tags },
+    // Definitions stored before the rules existed have none: not required, no bounds.
+    required: feature.required === true,
+    ...(feature.min !== undefined ? { min: feature.min } : {}),
+    ...(feature.max !== undefined ? { max: feature.max } : {}),
   })),
   ttlMs: view.ttlMs,
   online: view.online,

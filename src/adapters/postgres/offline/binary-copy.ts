@@ -350,3 +350,33 @@ export const copyColumns = (layout: ViewLayout): string[] => [
   'view_version',
   ...layout.features.map((feature) => feature.columnName),
 ];
+
+/**
+ * The COPY data of a point-in-time key table: one row per distinct entity key, `(rank int4,
+ * <key columns>, max_time timestamptz)`, rank being the row's position. Columns follow
+ * `keyTableColumns`.
+ */
+export function* encodeKeyTable(
+  keyTypes: readonly ('string' | 'int64')[],
+  keys: readonly (readonly unknown[])[],
+  maxTimes: Float64Array,
+): Generator<Buffer> {
+  const writer = new ChunkWriter();
+  writer.reserve(signature.length + 8);
+  writer.position += signature.copy(writer.buffer, writer.position);
+  writer.int32(0);
+  writer.int32(0);
+  const encoders = keyTypes.map((type) => (type === 'string' ? stringKeyEncoder : int64KeyEncoder));
+  const fieldCount = encoders.length + 2;
+  for (let row = 0; row < maxTimes.length; row += 1) {
+    writer.int16(fieldCount);
+    writer.int32(4);
+    writer.int32(row);
+    for (let column = 0; column < encoders.length; column += 1) encoders[column]!(writer, keys[column]![row]);
+    writer.int32(8);
+    writer.timestamp(maxTimes[row]!);
+    if (writer.position >= chunkBytes) yield writer.take();
+  }
+  writer.int16(-1);
+  yield writer.take();
+}

@@ -8,9 +8,10 @@ import type { ColumnMapping, ViewLayout } from './table-layout.js';
  * timestamps as text (microseconds), never through a JavaScript Date or a float.
  */
 
-const micros = (expression: string) => `((EXTRACT(EPOCH FROM ${expression}) * 1000000)::bigint)::text`;
+export const micros = (expression: string): string =>
+  `((EXTRACT(EPOCH FROM ${expression}) * 1000000)::bigint)::text`;
 
-function selectExpression(mapping: ColumnMapping): string {
+export function selectExpression(mapping: ColumnMapping): string {
   const column = quoteIdentifier(mapping.columnName);
   switch (mapping.valueType) {
     case 'int64':
@@ -40,7 +41,7 @@ export function latestRowsQuery(layout: ViewLayout, qualifiedTable: string): str
     ORDER BY ${keys.join(', ')}, event_time DESC, created_time DESC`;
 }
 
-function toValue(mapping: ColumnMapping, raw: unknown): FeatureValue {
+export function toValue(mapping: ColumnMapping, raw: unknown): FeatureValue {
   if (raw === null || raw === undefined) return null;
   switch (mapping.valueType) {
     case 'int64':

@@ -1,14 +1,22 @@
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { PoolClient } from 'pg';
-import { from as copyFrom } from 'pg-copy-streams';
+import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { FStoreError, invalidArgument } from '../../../domain/errors.js';
 import type { FeatureView } from '../../../domain/model.js';
 import type { OfflineRowBatch, OfflineStore, OfflineWriteResult } from '../../../ports/offline-store.js';
 import { createPostgresPool, type PostgresPool, quoteIdentifier, translateDatabaseError } from '../pool.js';
-import { copyColumns, encodeBatch, valuePath } from './binary-copy.js';
-import { type LatestRowsColumns, latestRowsQuery, toColumns } from './latest-rows.js';
+import { copyColumns, encodeBatch, encodeKeyTable, valuePath } from './binary-copy.js';
+import { createRowSegmenter, type RowSegment } from './binary-rows.js';
+import { latestRowsQuery, toColumns } from './latest-rows.js';
 import { type PostgresOfflineStoreOptionsInput, resolvePostgresOfflineStoreOptions } from './options.js';
+import {
+  entityTimesQuery,
+  keyTable,
+  keyTableDefinition,
+  pointInTimeQuery,
+  toEntityTimes,
+} from './point-in-time-rows.js';
 import {
   columnsTable,
   layoutFromStored,
@@ -264,6 +272,50 @@ export async function createPostgresOfflineStore(
     layouts.set(key, layout);
   }
 
+  /**
+   * The rows of `query` through a cursor in one REPEATABLE READ snapshot, converted batch by batch.
+   * Batches are handed over one at a time, so the database is read no faster than the consumer
+   * takes them; stopping early ends the transaction. With `requiredTable`, nothing is read when
+   * that table does not exist (a view never written).
+   */
+  async function* cursorBatches<T>(
+    query: string,
+    parameters: readonly unknown[],
+    options: { readonly batchRows: number; readonly signal?: AbortSignal; readonly requiredTable?: string },
+    convert: (rows: unknown[][]) => T,
+  ): AsyncGenerator<T> {
+    const handoff = createHandoff<T>();
+    const reading = pool
+      .transaction(
+        async (client) => {
+          if (options.requiredTable) {
+            const exists = await client.query<{ exists: boolean }>(
+              'SELECT to_regclass($1) IS NOT NULL AS exists',
+              [options.requiredTable],
+            );
+            if (!exists.rows[0]?.exists) return;
+          }
+          // DISTINCT and ORDER BY sort every row of the range: give the sort memory, not disk files.
+          await client.query(`SET LOCAL work_mem = '${latestRowsWorkMem}'`);
+          await client.query(`DECLARE batches NO SCROLL CURSOR FOR ${query}`, parameters as unknown[]);
+          for (;;) {
+            const result = await client.query<unknown[]>({
+              text: `FETCH ${options.batchRows} FROM batches`,
+              rowMode: 'array',
+            });
+            if (result.rows.length === 0) return;
+            if (!(await handoff.put(convert(result.rows)))) return; // the consumer stopped
+          }
+        },
+        { isolation: 'repeatable read', readOnly: true, attempts: 1 },
+      )
+      .then(
+        () => handoff.end(),
+        (error: unknown) => handoff.fail(translateDatabaseError(error, purpose)),
+      );
+    yield* takeAll(handoff, reading, options.signal);
+  }
+
   return {
     async ensureView(view) {
       await ensureViewLayout(view);
@@ -338,10 +390,28 @@ export async function createPostgresOfflineStore(
       assertOpen();
       await ensureViewLayout(view);
       const layout = layouts.get(layoutKey(view)) as ViewLayout;
-      const query = latestRowsQuery(layout, table(layout.table));
-      // The cursor lives in a transaction on one connection; batches are handed over one at a
-      // time, so the database is read no faster than the consumer takes them.
-      const handoff = createHandoff<LatestRowsColumns>();
+      const batches = cursorBatches(
+        latestRowsQuery(layout, table(layout.table)),
+        [String(range.startMicros), String(range.endMicros)],
+        { batchRows, signal, requiredTable: table(layout.table) },
+        (rows) => toColumns(layout, rows),
+      );
+      for await (const next of batches)
+        yield {
+          view,
+          keys: next.keys,
+          eventTimes: next.eventTimes,
+          createdTimes: next.createdTimes,
+          values: next.values,
+        };
+    },
+
+    async *readPointInTime(view, keys, { segmentRows, signal }) {
+      assertOpen();
+      await ensureViewLayout(view);
+      const layout = layouts.get(layoutKey(view)) as ViewLayout;
+      if (keys.maxTimes.length === 0) return;
+      const handoff = createHandoff<RowSegment>();
       const reading = pool
         .transaction(
           async (client) => {
@@ -350,47 +420,74 @@ export async function createPostgresOfflineStore(
               [table(layout.table)],
             );
             if (!exists.rows[0]?.exists) return;
-            // DISTINCT ON sorts every row of the range: give the sort memory instead of disk files.
             await client.query(`SET LOCAL work_mem = '${latestRowsWorkMem}'`);
-            await client.query(`DECLARE latest_rows NO SCROLL CURSOR FOR ${query}`, [
-              String(range.startMicros),
-              String(range.endMicros),
-            ]);
-            for (;;) {
-              const result = await client.query<unknown[]>({
-                text: `FETCH ${batchRows} FROM latest_rows`,
-                rowMode: 'array',
-              });
-              if (result.rows.length === 0) return;
-              if (!(await handoff.put(toColumns(layout, result.rows)))) return; // the consumer stopped
+            await client.query(keyTableDefinition(layout));
+            await pipeline(
+              Readable.from(
+                encodeKeyTable(
+                  layout.keys.map((key) => key.valueType as 'string' | 'int64'),
+                  keys.keys,
+                  keys.maxTimes,
+                ),
+              ),
+              client.query(copyFrom(`COPY ${keyTable} FROM STDIN (FORMAT binary)`)),
+            );
+            // Row counts for the planner: a nested loop of index scans for few keys, a hash join for many.
+            await client.query(`ANALYZE ${keyTable}`);
+            if (handoff.stopped) return;
+            const rows = client.query(
+              copyTo(`COPY (${pointInTimeQuery(layout, table(layout.table))}) TO STDOUT (FORMAT binary)`),
+            );
+            const segmenter = createRowSegmenter(3 + layout.features.length, segmentRows);
+            let taking = true;
+            try {
+              // Pulled one chunk at a time: while a segment waits in the handoff, the socket is not
+              // read and PostgreSQL blocks on its send buffer.
+              for await (const chunk of rows as AsyncIterable<Buffer>) {
+                if (!taking) continue; // draining what was in flight before the cancel took effect
+                for (const segment of segmenter.push(chunk)) {
+                  if (await handoff.put(segment)) continue;
+                  taking = false;
+                  // A blocked send only ends on a cancel; read on until the error arrives.
+                  pool
+                    .query('SELECT pg_cancel_backend($1)', [
+                      (client as unknown as { processID: number }).processID,
+                    ])
+                    .catch(() => {});
+                  break;
+                }
+              }
+            } catch (error) {
+              if (!taking) return; // the cancel we asked for
+              throw error;
             }
+            const last = segmenter.end();
+            if (last) await handoff.put(last);
           },
-          { isolation: 'repeatable read', readOnly: true, attempts: 1 },
+          { attempts: 1 },
         )
         .then(
           () => handoff.end(),
           (error: unknown) => handoff.fail(translateDatabaseError(error, purpose)),
         );
-      const onAbort = () => handoff.stop();
-      signal?.addEventListener('abort', onAbort, { once: true });
-      try {
-        for (;;) {
-          const next = await handoff.take();
-          if (next === undefined) break;
-          if (signal?.aborted) throw signal.reason;
-          yield {
-            view,
-            keys: next.keys,
-            eventTimes: next.eventTimes,
-            createdTimes: next.createdTimes,
-            values: next.values,
-          };
-        }
-      } finally {
-        signal?.removeEventListener('abort', onAbort);
-        handoff.stop();
-        await reading;
+      yield* takeAll(handoff, reading, signal);
+    },
+
+    async *readEntityTimes(views, range, { batchRows, signal }) {
+      assertOpen();
+      const tables: { layout: ViewLayout; table: string }[] = [];
+      for (const view of views) {
+        await ensureViewLayout(view);
+        const layout = layouts.get(layoutKey(view)) as ViewLayout;
+        tables.push({ layout, table: table(layout.table) });
       }
+      if (tables.length === 0) return;
+      yield* cursorBatches(
+        entityTimesQuery(tables),
+        [String(range.startMicros), String(range.endMicros)],
+        { batchRows, signal },
+        (rows) => toEntityTimes(tables[0]!.layout, rows),
+      );
     },
 
     async lastMaterializedEnd(viewId) {
@@ -471,6 +568,9 @@ function createHandoff<T>() {
       done = true;
       notifyConsumer();
     },
+    get stopped() {
+      return stopped;
+    },
     stop() {
       stopped = true;
       wakeProducer?.(false);
@@ -493,6 +593,31 @@ function createHandoff<T>() {
       }
     },
   };
+}
+
+/**
+ * The consumer side of a handoff: yields its items until the producer ends, fails or the signal
+ * aborts; stopping early stops the producer and waits for its transaction to finish.
+ */
+async function* takeAll<T>(
+  handoff: ReturnType<typeof createHandoff<T>>,
+  reading: Promise<void>,
+  signal: AbortSignal | undefined,
+): AsyncGenerator<T> {
+  const onAbort = () => handoff.stop();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    for (;;) {
+      const next = await handoff.take();
+      if (next === undefined) break;
+      if (signal?.aborted) throw signal.reason;
+      yield next;
+    }
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+    handoff.stop();
+    await reading;
+  }
 }
 
 function toAsyncIterator<T>(source: AsyncIterable<T> | Iterable<T>): AsyncIterator<T> | Iterator<T> {
