@@ -3,7 +3,7 @@ import type { HistoricalService } from '../serving/historical.js';
 import type { IngestMessage, IngestService } from '../serving/ingest.js';
 import type { MaterializeService } from '../serving/materialize.js';
 import type { OnlineFeatureService } from '../serving/online-features.js';
-import { historicalMessages, historicalResponse } from './historical-mapping.js';
+import { encodeHistoricalResponse, historicalMessages } from './historical-mapping.js';
 import { encodeOnlineResponse } from './online-response-encoder.js';
 import type { ServiceHandlers } from './server.js';
 import { EncodedMessage } from './service-definition.js';
@@ -105,7 +105,7 @@ export function createFeatureServiceHandlers(
 
     async *getHistoricalFeatures(requests, { signal }) {
       for await (const chunk of historical.retrieve(historicalMessages(requests), signal))
-        yield historicalResponse(chunk);
+        yield encodeHistoricalResponse(chunk);
     },
 
     async ingestFeatures(requests, { signal }) {

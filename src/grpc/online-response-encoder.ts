@@ -3,7 +3,8 @@ import { create, type MessageInitShape, toBinary } from '@bufbuild/protobuf';
 import type { GetOnlineFeaturesResponseSchema } from '../../gen/fstore/v1/feature_service_pb.js';
 import { VectorSchema } from '../../gen/fstore/v1/values_pb.js';
 import type { FeatureStatus } from '../domain/feature-status.js';
-import type { OnlineFeatureColumn, OnlineReadResult } from '../serving/online-features.js';
+import type { FeatureValue, ValueType } from '../domain/model.js';
+import type { OnlineReadResult } from '../serving/online-features.js';
 import { featureStatusToProto, vectorFromValues } from './vectors.js';
 
 /**
@@ -62,10 +63,12 @@ function int64Varint(value: number): Uint8Array {
   return bytes;
 }
 
-function packedInt64(values: readonly number[]): Uint8Array {
+/** Packed int64 varints of safe integers (event times in microseconds). */
+export function packedInt64(values: ArrayLike<number>): Uint8Array {
   const bytes = new Uint8Array(values.length * 10);
   let length = 0;
-  for (const value of values) {
+  for (let index = 0; index < values.length; index++) {
+    const value = values[index] as number;
     if (value >= 0) length = writeVarint(bytes, length, value);
     else {
       bytes.set(int64Varint(value), length);
@@ -76,10 +79,23 @@ function packedInt64(values: readonly number[]): Uint8Array {
 }
 
 /** Size of a length-delimited field (one-byte tag) holding `length` bytes. */
-const fieldLength = (length: number): number => 1 + varintLength(length) + length;
+export const fieldLength = (length: number): number => 1 + varintLength(length) + length;
+
+/**
+ * A FeatureColumn to encode. Online reads give plain arrays; historical reads give typed arrays:
+ * a Float64Array of values (double and float columns only, zero where not PRESENT), statuses as
+ * FeatureStatus numbers, event times as a Float64Array.
+ */
+export interface EncodableColumn {
+  readonly reference: string;
+  readonly type: ValueType;
+  readonly values: readonly FeatureValue[] | Float64Array;
+  readonly statuses: readonly FeatureStatus[] | Uint8Array;
+  readonly eventTimes: readonly number[] | Float64Array;
+}
 
 interface ColumnPlan {
-  readonly column: OnlineFeatureColumn;
+  readonly column: EncodableColumn;
   readonly nameLength: number;
   /** Fixed-width packed numbers written in place: 8 (double), 4 (float), or 0 (`vector` holds the bytes). */
   readonly width: 0 | 4 | 8;
@@ -89,12 +105,12 @@ interface ColumnPlan {
   readonly length: number;
 }
 
-export function encodeOnlineResponse(result: OnlineReadResult): Uint8Array {
-  // Pass 1: sizes. Columns of one view share their event-time array: encode it once.
-  const encodedTimes = new Map<readonly number[], Uint8Array>();
+/** Sizes of a list of FeatureColumn fields; columns sharing an event-time array encode it once. */
+function planColumns(columns: readonly EncodableColumn[]): { plans: ColumnPlan[]; total: number } {
+  const encodedTimes = new Map<EncodableColumn['eventTimes'], Uint8Array>();
   const plans: ColumnPlan[] = [];
   let total = 0;
-  for (const column of result.columns) {
+  for (const column of columns) {
     let times = encodedTimes.get(column.eventTimes);
     if (!times) {
       times = packedInt64(column.eventTimes);
@@ -109,7 +125,8 @@ export function encodeOnlineResponse(result: OnlineReadResult): Uint8Array {
       // Vector { <double|float>_values: { values: packed } }
       vectorLength = fieldLength(rows > 0 ? fieldLength(rows * width) : 0);
     } else {
-      vector = toBinary(VectorSchema, create(VectorSchema, vectorFromValues(column.type, column.values)));
+      const values = column.values instanceof Float64Array ? Array.from(column.values) : column.values;
+      vector = toBinary(VectorSchema, create(VectorSchema, vectorFromValues(column.type, values)));
       vectorLength = vector.length;
     }
     const nameLength = Buffer.byteLength(column.reference);
@@ -121,14 +138,14 @@ export function encodeOnlineResponse(result: OnlineReadResult): Uint8Array {
     plans.push({ column, nameLength, width: width as 0 | 4 | 8, vector, vectorLength, times, length });
     total += fieldLength(length);
   }
-  const requestTime = result.requestTimeMicros !== 0 ? int64Varint(result.requestTimeMicros) : undefined;
-  if (requestTime) total += 1 + requestTime.length;
+  return { plans, total };
+}
 
-  // Pass 2: one buffer, written in field-number order as protobuf-es does.
-  const buffer = Buffer.allocUnsafe(total);
-  let at = 0;
+/** Writes planned FeatureColumns as fields with the one-byte `tag`; returns the next offset. */
+function writeColumns(buffer: Buffer, offset: number, plans: readonly ColumnPlan[], tag: number): number {
+  let at = offset;
   for (const { column, nameLength, width, vector, vectorLength, times, length } of plans) {
-    buffer[at++] = 0x0a; // GetOnlineFeaturesResponse.features = 1
+    buffer[at++] = tag;
     at = writeVarint(buffer, at, length);
     if (nameLength > 0) {
       buffer[at++] = 0x0a; // FeatureColumn.name = 1
@@ -147,16 +164,24 @@ export function encodeOnlineResponse(result: OnlineReadResult): Uint8Array {
       if (rows > 0) {
         buffer[at++] = 0x0a; // DoubleArray.values / FloatArray.values = 1, packed
         at = writeVarint(buffer, at, rows * width);
-        const values = column.values as readonly number[];
-        if (width === 8)
+        const values = column.values;
+        if (width === 8 && values instanceof Float64Array) {
+          // Little-endian doubles already: the bytes as they are.
+          buffer.set(new Uint8Array(values.buffer, values.byteOffset, rows * 8), at);
+          at += rows * 8;
+        } else if (width === 8)
           for (let row = 0; row < rows; row++) at = buffer.writeDoubleLE(values[row] as number, at);
         else for (let row = 0; row < rows; row++) at = buffer.writeFloatLE(values[row] as number, at);
       }
     }
-    if (column.statuses.length > 0) {
+    const { statuses } = column;
+    if (statuses.length > 0) {
       buffer[at++] = 0x1a; // FeatureColumn.statuses = 3, packed; every status fits one byte
-      at = writeVarint(buffer, at, column.statuses.length);
-      for (const status of column.statuses) buffer[at++] = statusBytes[status];
+      at = writeVarint(buffer, at, statuses.length);
+      if (statuses instanceof Uint8Array) {
+        buffer.set(statuses, at);
+        at += statuses.length;
+      } else for (const status of statuses) buffer[at++] = statusBytes[status];
     }
     if (times.length > 0) {
       buffer[at++] = 0x22; // FeatureColumn.event_timestamps = 4, packed
@@ -165,12 +190,53 @@ export function encodeOnlineResponse(result: OnlineReadResult): Uint8Array {
       at += times.length;
     }
   }
-  if (requestTime) {
-    buffer[at++] = 0x10; // GetOnlineFeaturesResponse.request_time = 2
-    buffer.set(requestTime, at);
-    at += requestTime.length;
+  return at;
+}
+
+/**
+ * `fields` (already encoded, in field-number order) followed by `columns` as the repeated
+ * FeatureColumn field with the one-byte `tag`, in one buffer.
+ */
+export function encodeWithFeatureColumns(
+  before: readonly Uint8Array[],
+  columns: readonly EncodableColumn[],
+  tag: number,
+  after: readonly Uint8Array[] = [],
+): Uint8Array {
+  const { plans, total } = planColumns(columns);
+  const parts = (list: readonly Uint8Array[]) => list.reduce((sum, part) => sum + part.length, 0);
+  const buffer = Buffer.allocUnsafe(parts(before) + total + parts(after));
+  let at = 0;
+  for (const part of before) {
+    buffer.set(part, at);
+    at += part.length;
+  }
+  at = writeColumns(buffer, at, plans, tag);
+  for (const part of after) {
+    buffer.set(part, at);
+    at += part.length;
   }
   return buffer;
+}
+
+export function encodeOnlineResponse(result: OnlineReadResult): Uint8Array {
+  const requestTime = result.requestTimeMicros !== 0 ? int64Varint(result.requestTimeMicros) : undefined;
+  // GetOnlineFeaturesResponse.features = 1, then request_time = 2.
+  return encodeWithFeatureColumns(
+    [],
+    result.columns,
+    0x0a,
+    requestTime ? [Uint8Array.of(0x10), requestTime] : [],
+  );
+}
+
+/** Varint-encoded field with a one-byte tag holding a length-delimited payload. */
+export function lengthDelimited(tag: number, payload: Uint8Array): Uint8Array {
+  const bytes = new Uint8Array(fieldLength(payload.length));
+  bytes[0] = tag;
+  const at = writeVarint(bytes, 1, payload.length);
+  bytes.set(payload, at);
+  return bytes;
 }
 
 /** The same response as a message init for protobuf-es: the reference the fast path must equal. */

@@ -46,8 +46,11 @@ export const historicalStatus = { ...pointInTimeStatus, nullValue: 3 } as const;
 export interface HistoricalFeatureColumn {
   readonly reference: string;
   readonly type: ValueType;
-  /** The type's zero value where the status is not PRESENT. */
-  readonly values: FeatureValue[];
+  /**
+   * The type's zero value where the status is not PRESENT; a Float64Array for double and float
+   * features (float values widened), plain values otherwise.
+   */
+  readonly values: FeatureValue[] | Float64Array;
   readonly statuses: Uint8Array;
   /** Event time of the chosen row, microseconds; 0 when not found. */
   readonly eventTimes: Float64Array;
@@ -542,31 +545,44 @@ function outputChunk(
 ): HistoricalChunk {
   const length = end - start;
   const columns: HistoricalFeatureColumn[] = [];
+  // One event-time array per view, shared by its columns (encoded once).
+  const eventTimes = new Map<ViewResults, Float64Array>();
   for (const feature of features) {
     const view = requested.find((candidate) => candidate.features.includes(feature)) as RequestedView;
     const result = results.get(view) as ViewResults;
     const slot = view.features.indexOf(feature);
     const nulls = result.nulls[slot] as Uint8Array;
     const source = result.values[slot] as ValueColumn;
-    const zero = zeroValue(feature.type);
-    const values = new Array<FeatureValue>(length);
     const statuses = new Uint8Array(length);
     for (let index = 0; index < length; index++) {
       const row = start + index;
-      let status = result.status[row] as number;
-      if (status === historicalStatus.present && nulls[row] === 1) status = historicalStatus.nullValue;
-      statuses[index] = status;
-      if (status !== historicalStatus.present) values[index] = zero;
-      else if (feature.type === 'bool') values[index] = (source as Uint8Array)[row] === 1;
-      else values[index] = (source as unknown[])[row] as FeatureValue;
+      const status = result.status[row] as number;
+      statuses[index] =
+        status === historicalStatus.present && nulls[row] === 1 ? historicalStatus.nullValue : status;
     }
-    columns.push({
-      reference: feature.reference,
-      type: feature.type,
-      values,
-      statuses,
-      eventTimes: result.eventTime.slice(start, end),
-    });
+    let values: FeatureValue[] | Float64Array;
+    if (feature.type === 'double' || feature.type === 'float')
+      // Zero already where no row was chosen; nulls are zeroed here.
+      values = (source as Float64Array)
+        .slice(start, end)
+        .map((value, index) => (statuses[index] === historicalStatus.present ? value : 0));
+    else {
+      const zero = zeroValue(feature.type);
+      values = new Array<FeatureValue>(length);
+      for (let index = 0; index < length; index++) {
+        const row = start + index;
+        if (statuses[index] !== historicalStatus.present) values[index] = zero;
+        else if (feature.type === 'bool') values[index] = (source as Uint8Array)[row] === 1;
+        else if (feature.type === 'int64') values[index] = (source as BigInt64Array)[row] as bigint;
+        else values[index] = (source as unknown[])[row] as FeatureValue;
+      }
+    }
+    let times = eventTimes.get(result);
+    if (!times) {
+      times = result.eventTime.slice(start, end);
+      eventTimes.set(result, times);
+    }
+    columns.push({ reference: feature.reference, type: feature.type, values, statuses, eventTimes: times });
   }
   return {
     firstRow: block.firstRow + start,
