@@ -182,11 +182,11 @@ export function createServiceImplementation<S extends DescService>(
           },
           (reason: unknown) => {
             release();
-            if (
-              !signal.aborted ||
-              !(signal.reason instanceof FStoreError && signal.reason.code === 'cancelled')
-            )
-              call.emit('error', failed(reason));
+            // A cancelled call has no one to tell; after a deadline, say so whatever the
+            // handler threw on its way out (an aborted worker task, a cancelled query).
+            if (!signal.aborted) call.emit('error', failed(reason));
+            else if (!(signal.reason instanceof FStoreError && signal.reason.code === 'cancelled'))
+              call.emit('error', failed(signal.reason));
           },
         );
       };

@@ -361,7 +361,11 @@ export class HistoricalService {
         { keys: ranked.distinctKeys, maxTimes: ranked.maxTimes },
         { segmentRows: this.options.segmentRows, signal },
       )) {
-        inFlight.push(submit(segment));
+        const task = submit(segment);
+        // Handled now, awaited later: a task failing while the next segment is read must not
+        // count as an unhandled rejection.
+        task.catch(() => {});
+        inFlight.push(task);
         // Bounded: the next segment is read only when a worker can take it soon.
         if (inFlight.length >= this.pool.parallelism) await inFlight.shift();
       }
