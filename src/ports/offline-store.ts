@@ -72,9 +72,9 @@ export interface OfflineStore {
   /**
    * The latest row per entity among the rows of `range` (greatest event time, ties by latest
    * created time), in the layout of `view` (the current version: features that a row's own
-   * version lacked, or typed differently, are null). Streamed from a server-side cursor in
-   * batches of at most `batchRows`, from one consistent snapshot; stopping the iteration early
-   * (break, throw, `signal`) ends the query.
+   * version lacked, or typed differently, are null). Streamed (binary COPY) in batches of at
+   * most `batchRows`, from one consistent snapshot, no faster than they are taken; stopping the
+   * iteration early (break, throw, `signal`) cancels the query.
    */
   readLatest(
     view: FeatureView,

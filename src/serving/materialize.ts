@@ -119,6 +119,8 @@ export class MaterializeService {
           progress.rowsStale = totals.stale;
           yield { ...progress, done: false };
         }
+        // A cancelled run is not recorded: the rest of its rows were never copied.
+        signal?.throwIfAborted();
         await this.offline.recordMaterialized(current.id, { startMicros, endMicros });
       }
       yield { ...progress, done: true };

@@ -354,8 +354,48 @@ describe('redis online store: errors and options', () => {
         code: 'internal',
         message: expect.stringMatching(/^online store \(Redis\) failed: .*WRONGTYPE/),
       });
+      // The script call that met the foreign key wrote none of its rows.
+      await expect(
+        store.writeMany([
+          entry('before', rowAt(1)),
+          entry('not-a-string', rowAt(1)),
+          entry('after', rowAt(1)),
+        ]),
+      ).rejects.toMatchObject({ code: 'internal' });
+      expect(await store.readMany(['before', 'after'])).toEqual([null, null]);
+      expect(await admin(singleAddress()).type(`${prefix}not-a-string`)).toBe('hash');
     } finally {
       await cleanup();
+    }
+  });
+
+  it('loads the write script again when the server lost it (SCRIPT FLUSH), single server and cluster', async () => {
+    const single = await createSingleStore();
+    const cluster = await createClusterStore();
+    try {
+      const keys = Array.from({ length: 300 }, (_, index) => `flush:${index}`);
+      for (const [round, { store }] of [single, cluster].entries()) {
+        expect(await store.writeMany(keys.map((key) => entry(key, rowAt(1))))).toEqual({
+          written: 300,
+          stale: 0,
+        });
+        const { masters } = await clusterTopology();
+        const servers = round === 0 ? [singleAddress()] : masters;
+        await Promise.all(servers.map((server) => admin(server).script('FLUSH')));
+        expect(
+          await store.writeMany(keys.map((key) => entry(key, rowAt(key.endsWith('0') ? 0 : 2)))),
+        ).toEqual({
+          written: 270,
+          stale: 30,
+        });
+        const read = await store.readMany(keys);
+        expect(read.map((value) => Buffer.from(value as Uint8Array).readBigInt64BE(0))).toEqual(
+          keys.map((key) => (key.endsWith('0') ? 1n : 2n)),
+        );
+      }
+    } finally {
+      await single.cleanup();
+      await cluster.cleanup();
     }
   });
 

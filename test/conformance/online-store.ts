@@ -244,6 +244,21 @@ export function describeOnlineStoreConformance(name: string, createStore: Online
         expect((await store.readMany(['short'])).map(toHex)).toEqual([toHex(rowAt(9, 'older'))]);
       });
 
+      it('keeps the order of writes with and without expiry to one key in one batch', async () => {
+        const later = Date.now() + 3_600_000;
+        const result = await store.writeMany([
+          entry('m', rowAt(1, 'a'), 0),
+          entry('m', rowAt(2, 'b'), later), // newer, expiring: replaces a
+          entry('n', rowAt(1, 'c'), later),
+          entry('n', rowAt(2, 'd'), 0), // newer, not expiring: replaces c
+          entry('n', rowAt(1, 'e'), 0), // stale
+        ]);
+        expect(result).toEqual({ written: 4, stale: 1 });
+        expect((await store.readMany(['m', 'n'])).map(toHex)).toEqual(
+          [rowAt(2, 'b'), rowAt(2, 'd')].map(toHex),
+        );
+      });
+
       it('gives a row the expiry of the write that stored it; a stale write changes nothing', async () => {
         const soon = Date.now() + 300;
         await store.writeMany([entry('renewed', rowAt(1, 'v1'), soon), entry('kept', rowAt(5, 'v1'), 0)]);

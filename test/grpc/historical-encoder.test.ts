@@ -20,7 +20,7 @@ const scalar: Record<string, fc.Arbitrary<FeatureValue>> = {
   timestamp: micros,
 };
 
-const valueOf = (type: ValueType): fc.Arbitrary<FeatureValue> =>
+const arbitraryValue = (type: ValueType): fc.Arbitrary<FeatureValue> =>
   type.endsWith('_list')
     ? (fc.array(scalar[type.slice(0, -'_list'.length)] as fc.Arbitrary<FeatureValue>, {
         maxLength: 3,
@@ -32,7 +32,7 @@ const chunk = fc.integer({ min: 0, max: 12 }).chain((rows) => {
   const column = (type: ValueType, index: number): fc.Arbitrary<HistoricalFeatureColumn> =>
     fc
       .record({
-        values: many(valueOf(type)),
+        values: many(arbitraryValue(type)),
         statuses: many(fc.constantFrom(1, 2, 3, 4)),
         eventTimes: many(micros),
       })

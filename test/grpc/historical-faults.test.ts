@@ -40,6 +40,20 @@ describe('GetHistoricalFeatures under faults', () => {
     }
   };
 
+  /** Key tables of point-in-time reads left behind (none: each lives only in its transaction). */
+  const keyTables = async (): Promise<number> => {
+    const client = new pg.Client({ connectionString: database.connectionString });
+    await client.connect();
+    try {
+      const result = await client.query<{ n: string }>(
+        `SELECT count(*)::text AS n FROM pg_class WHERE relname LIKE 'fstore_pit_keys_%'`,
+      );
+      return Number(result.rows[0]?.n);
+    } finally {
+      await client.end();
+    }
+  };
+
   /** Every user at the end of its rows, `repeat` times: plenty of blocks and chunks. */
   const requests = (repeat: number): HistoricalRequest[] =>
     historicalRequests(
@@ -116,6 +130,7 @@ describe('GetHistoricalFeatures under faults', () => {
       active = await activeQueries();
     }
     expect(active).toEqual([]);
+    expect(await keyTables()).toBe(0);
     const result = await retrieveHistorical(server.features, requests(1));
     expect(result.timestamps).toHaveLength(entities);
     expect(result.features['scores:score']?.values.at(-1)).toBe(entities * rowsPerEntity - 1);
@@ -153,6 +168,7 @@ describe('GetHistoricalFeatures under faults', () => {
     await database.start();
     const result = await retrieveHistorical(server.features, requests(1));
     expect(result.timestamps).toHaveLength(entities);
+    expect(await keyTables()).toBe(0);
   });
 
   it('keeps nothing of an ingest when PostgreSQL restarts in the middle of it', async () => {

@@ -467,6 +467,117 @@ describe('schema changes', () => {
   });
 });
 
+describe('readLatest', () => {
+  const collect = async (view: FeatureView, startMicros: number, endMicros: number, batchRows: number) => {
+    const batches: OfflineRowBatch[] = [];
+    for await (const batch of store.readLatest(view, { startMicros, endMicros }, { batchRows }))
+      batches.push(batch);
+    return batches;
+  };
+  const rowsOf = (batches: readonly OfflineRowBatch[]) =>
+    batches
+      .flatMap((batch) =>
+        batch.eventTimes.map((eventTime, row) => ({
+          key: batch.keys[0]?.[row],
+          eventTime,
+          createdTime: batch.createdTimes[row],
+          values: batch.values.map((column) => column[row]),
+        })),
+      )
+      .sort((a, b) => (String(a.key) < String(b.key) ? -1 : 1));
+
+  it('reads the latest row per entity of [start, end) across months and versions, ties by created time', async () => {
+    const v1 = makeView([feature('score', 'double')]);
+    const v2: FeatureView = { ...v1, version: 2, features: [...v1.features, feature('label', 'string')] };
+    const january = utc('2024-01-31T23:00:00Z');
+    const february = utc('2024-02-01T01:00:00Z');
+    await store.writeRows([
+      batchOf(v1, [
+        { keys: [1n], event: january, values: [1] },
+        { keys: [1n], event: february, values: [2] }, // next month: the latest
+        { keys: [2n], event: january, created: 10, values: [20] },
+        { keys: [2n], event: january, created: 30, values: [30] }, // same event time, recorded later
+        { keys: [2n], event: january, created: 20, values: [25] },
+        { keys: [3n], event: february + 1_000_000, values: [3] }, // at the range's end: excluded
+        { keys: [4n], event: january - 1, values: [4] }, // before the start: excluded
+      ]),
+    ]);
+    await store.writeRows([batchOf(v2, [{ keys: [5n], event: february, values: [5, 'five'] }])]);
+
+    const batches = await collect(v2, january, february + 1_000_000, 2);
+    expect(batches.map((batch) => batch.eventTimes.length)).toEqual([2, 1]);
+    expect(batches.every((batch) => batch.view === v2)).toBe(true);
+    expect(rowsOf(batches)).toEqual([
+      { key: 1n, eventTime: february, createdTime: february, values: [2, null] }, // v1 lacked label
+      { key: 2n, eventTime: january, createdTime: 30, values: [30, null] },
+      { key: 5n, eventTime: february, createdTime: february, values: [5, 'five'] },
+    ]);
+    expect(rowsOf(await collect(v2, february + 1_000_000, february + 2_000_000, 2))).toEqual([
+      { key: 3n, eventTime: february + 1_000_000, createdTime: february + 1_000_000, values: [3, null] },
+    ]);
+    expect(await collect(v2, february + 2_000_000, february + 3_000_000, 2)).toEqual([]);
+    // A view never written reads as nothing.
+    expect(await collect(makeView([feature('x', 'double')]), 0, 2 ** 52, 10)).toEqual([]);
+    await expect(collect(v2, 0.5, 1, 10)).rejects.toMatchObject({
+      code: 'invalid_argument',
+      message: expect.stringContaining('startMicros'),
+    });
+  });
+
+  it('cancels its query when the reader stops early or its signal aborts, and serves the next call', async () => {
+    const view = makeView([feature('x', 'double')]);
+    const rows = 60_000;
+    await store.writeRows([
+      batchOf(
+        view,
+        Array.from({ length: rows }, (_, index) => ({
+          keys: [BigInt(index)],
+          event: utc('2024-03-01T00:00:00Z') + index,
+          values: [index],
+        })),
+      ),
+    ]);
+    const activeCopies = async () => {
+      const result = await sql.query(
+        `SELECT pid FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid()
+         AND query LIKE 'COPY (SELECT DISTINCT ON%' AND query LIKE $1`,
+        [`%offline_view_${view.id} %`],
+      );
+      return result.rows.length;
+    };
+    const settled = async () => {
+      const deadline = Date.now() + 5_000;
+      while ((await activeCopies()) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      return activeCopies();
+    };
+    const range = { startMicros: 0, endMicros: 2 ** 52 };
+
+    for await (const batch of store.readLatest(view, range, { batchRows: 100 })) {
+      expect(batch.eventTimes).toHaveLength(100);
+      break;
+    }
+    expect(await settled()).toBe(0);
+
+    const controller = new AbortController();
+    let taken = 0;
+    const aborted = (async () => {
+      for await (const batch of store.readLatest(view, range, {
+        batchRows: 100,
+        signal: controller.signal,
+      })) {
+        taken += batch.eventTimes.length;
+        controller.abort(new Error('stop'));
+      }
+    })();
+    await expect(aborted).rejects.toThrow('stop');
+    expect(taken).toBe(100);
+    expect(await settled()).toBe(0);
+
+    const all = await collect(view, range.startMicros, range.endMicros, 25_000);
+    expect(all.map((batch) => batch.eventTimes.length)).toEqual([25_000, 25_000, 10_000]);
+  });
+});
+
 describe('atomicity', () => {
   const good = (view: FeatureView, from: number, count = 100) =>
     batchOf(

@@ -42,10 +42,17 @@ function corrupt(message: string): FStoreError {
 
 /**
  * Cuts binary COPY output into segments of at least `segmentRows` rows (except the last), each
- * ending where the rank (the first column, int4, ascending) changes. Each byte is copied once into
- * the segment under construction; a completed segment is handed over with its own ArrayBuffer.
+ * ending where the rank (the first column, int4, ascending) changes; or, with `ranked: false`, of
+ * exactly `segmentRows` rows (except the last) whatever the first column. Each byte is copied once
+ * into the segment under construction; a completed segment is handed over with its own ArrayBuffer.
  */
-export function createRowSegmenter(fieldCount: number, segmentRows: number): RowSegmenter {
+export function createRowSegmenter(
+  fieldCount: number,
+  segmentRows: number,
+  options: { readonly ranked?: boolean } = {},
+): RowSegmenter {
+  // Unranked, firstRank and lastRank stay 0.
+  const ranked = options.ranked ?? true;
   let buffer = new Uint8Array(1 << 20);
   let view = new DataView(buffer.buffer);
   let length = 0;
@@ -123,7 +130,7 @@ export function createRowSegmenter(fieldCount: number, segmentRows: number): Row
             break;
           }
           const size = view.getInt32(at);
-          if (field === 0) {
+          if (field === 0 && ranked) {
             if (size !== 4) throw corrupt('the rank column is not an int4');
             if (at + 8 > length) {
               complete = false;
@@ -136,7 +143,7 @@ export function createRowSegmenter(fieldCount: number, segmentRows: number): Row
         if (!complete || at > length) break;
         const rowBytes = at - scanned;
         // A full segment ends before the first row of a new rank; this row then starts the next.
-        if (rows >= segmentRows && rank !== lastRank) segments.push(cut());
+        if (rows >= segmentRows && (rank !== lastRank || !ranked)) segments.push(cut());
         const start = scanned === 0 && rows === 0;
         if (start) firstRank = rank;
         else if (rank < lastRank) throw corrupt(`rank ${rank} after rank ${lastRank}: rows are not sorted`);
@@ -162,8 +169,13 @@ export interface DecodedSegment {
   readonly featureOffsets: Int32Array;
 }
 
+// The epoch offset split in 32-bit words, so that adding it takes two exact steps: the result is
+// exact whenever it is a safe integer, even where PostgreSQL's own count is not (before ~1685).
+const epochHigh = Math.floor(postgresEpochMicros / twoTo32);
+const epochLow = postgresEpochMicros - epochHigh * twoTo32;
+
 const readTimestamp = (view: DataView, at: number): number =>
-  view.getInt32(at) * twoTo32 + view.getUint32(at + 4) + postgresEpochMicros;
+  (view.getInt32(at) + epochHigh) * twoTo32 + (view.getUint32(at + 4) + epochLow);
 
 /** Ranks, event and created times (microseconds since 1970) of every row of a segment. */
 export function decodeSegment(bytes: Uint8Array, rowCount: number): DecodedSegment {
@@ -253,4 +265,53 @@ export function readValue(
     position += 4 + Math.max(itemSize, 0);
   }
   return { value: values, next };
+}
+
+/**
+ * Every field of every row of a row-aligned run of COPY rows (a segment's bytes), column-major:
+ * `types[i]` is the domain type of field i, read as `readValue` reads it (null for SQL NULL).
+ * Fixed-width scalars are read in place, without readValue's per-field result object: this loop
+ * runs once per value that materialization copies.
+ */
+export function decodeColumns(bytes: Uint8Array, rowCount: number, types: readonly ValueType[]): unknown[][] {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const fieldCount = types.length;
+  const columns = types.map(() => new Array<unknown>(rowCount));
+  let at = 0;
+  for (let row = 0; row < rowCount; row++) {
+    const fields = view.getInt16(at);
+    if (fields !== fieldCount) throw corrupt(`row ${row} has ${fields} fields, expected ${fieldCount}`);
+    at += 2;
+    for (let field = 0; field < fieldCount; field++) {
+      const column = columns[field] as unknown[];
+      const size = view.getInt32(at);
+      if (size < 0) {
+        column[row] = null;
+        at += 4;
+        continue;
+      }
+      switch (types[field]) {
+        case 'double':
+          column[row] = view.getFloat64(at + 4);
+          break;
+        case 'int64':
+          column[row] = view.getBigInt64(at + 4);
+          break;
+        case 'timestamp':
+          column[row] = readTimestamp(view, at + 4);
+          break;
+        case 'float':
+          column[row] = view.getFloat32(at + 4);
+          break;
+        case 'bool':
+          column[row] = bytes[at + 4] !== 0;
+          break;
+        default:
+          column[row] = readValue(types[field] as ValueType, view, bytes, at).value;
+      }
+      at += 4 + size;
+    }
+  }
+  if (at !== bytes.byteLength) throw corrupt(`${bytes.byteLength - at} bytes after the last row`);
+  return columns;
 }

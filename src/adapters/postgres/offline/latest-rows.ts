@@ -1,11 +1,15 @@
+import { invalidArgument } from '../../../domain/errors.js';
 import type { FeatureValue, KeyValue } from '../../../domain/model.js';
+import type { TimeRange } from '../../../ports/offline-store.js';
 import { quoteIdentifier } from '../pool.js';
+import { decodeColumns } from './binary-rows.js';
 import type { ColumnMapping, ViewLayout } from './table-layout.js';
 
 /**
- * The SQL of "latest row per entity in a time range" and the conversion of its result rows into
- * column-major values. Every column is selected in a form that converts exactly: bigint and
- * timestamps as text (microseconds), never through a JavaScript Date or a float.
+ * The SQL of "latest row per entity in a time range" (binary COPY) and the decoding of its rows
+ * into column-major values; and the text forms of columns that other cursor reads select, in a
+ * form that converts exactly: bigint and timestamps as text (microseconds), never through a
+ * JavaScript Date or a float.
  */
 
 export const micros = (expression: string): string =>
@@ -25,21 +29,37 @@ export function selectExpression(mapping: ColumnMapping): string {
   }
 }
 
-/** DISTINCT ON the keys, newest event time first, ties by newest created time. */
-export function latestRowsQuery(layout: ViewLayout, qualifiedTable: string): string {
+/** A bound of a time range as a SQL literal; COPY takes no parameters. */
+function timeLiteral(value: number, name: string): string {
+  if (!Number.isInteger(value))
+    throw invalidArgument(name, `must be integer microseconds since the epoch, got ${value}`);
+  return `to_timestamp(${BigInt(value)}::numeric / 1000000)`;
+}
+
+/**
+ * The latest row per entity of [start, end) as binary COPY output: DISTINCT ON the keys, newest
+ * event time first, ties by newest created time. Raw columns (keys, event time, created time, the
+ * features), decoded by `decodeLatestRows`.
+ */
+export function latestRowsCopy(layout: ViewLayout, qualifiedTable: string, range: TimeRange): string {
   const keys = layout.keys.map((key) => quoteIdentifier(key.columnName));
   const columns = [
-    ...layout.keys.map((key, index) => `${selectExpression(key)} AS k${index}`),
-    `${micros('event_time')} AS event_time`,
-    `${micros('created_time')} AS created_time`,
-    ...layout.features.map((feature, index) => `${selectExpression(feature)} AS f${index}`),
+    ...keys,
+    'event_time',
+    'created_time',
+    ...layout.features.map((feature) => quoteIdentifier(feature.columnName)),
   ];
-  return `SELECT DISTINCT ON (${keys.join(', ')}) ${columns.join(', ')}
+  return `COPY (SELECT DISTINCT ON (${keys.join(', ')}) ${columns.join(', ')}
     FROM ${qualifiedTable}
-    WHERE event_time >= to_timestamp($1::numeric / 1000000) AND event_time < to_timestamp($2::numeric / 1000000)
+    WHERE event_time >= ${timeLiteral(range.startMicros, 'startMicros')}
+      AND event_time < ${timeLiteral(range.endMicros, 'endMicros')}
       AND ${keys.map((key) => `${key} IS NOT NULL`).join(' AND ')}
-    ORDER BY ${keys.join(', ')}, event_time DESC, created_time DESC`;
+    ORDER BY ${keys.join(', ')}, event_time DESC, created_time DESC) TO STDOUT (FORMAT binary)`;
 }
+
+/** The number of columns of a `latestRowsCopy` row. */
+export const latestRowsFieldCount = (layout: ViewLayout): number =>
+  layout.keys.length + 2 + layout.features.length;
 
 export function toValue(mapping: ColumnMapping, raw: unknown): FeatureValue {
   if (raw === null || raw === undefined) return null;
@@ -67,15 +87,20 @@ export interface LatestRowsColumns {
   readonly values: FeatureValue[][];
 }
 
-/** Result rows in array mode: the key columns, event time, created time, then the features. */
-export function toColumns(layout: ViewLayout, rows: readonly (readonly unknown[])[]): LatestRowsColumns {
+/** Rows of `latestRowsCopy` output (a row-aligned segment of it), column-major. */
+export function decodeLatestRows(layout: ViewLayout, bytes: Uint8Array, rowCount: number): LatestRowsColumns {
+  const types = [
+    ...layout.keys.map((key) => key.valueType),
+    'timestamp' as const,
+    'timestamp' as const,
+    ...layout.features.map((feature) => feature.valueType),
+  ];
+  const columns = decodeColumns(bytes, rowCount, types);
   const keyCount = layout.keys.length;
   return {
-    keys: layout.keys.map((key, index) => rows.map((row) => toValue(key, row[index]) as KeyValue)),
-    eventTimes: rows.map((row) => Number(row[keyCount] as string)),
-    createdTimes: rows.map((row) => Number(row[keyCount + 1] as string)),
-    values: layout.features.map((feature, index) =>
-      rows.map((row) => toValue(feature, row[keyCount + 2 + index])),
-    ),
+    keys: columns.slice(0, keyCount) as KeyValue[][],
+    eventTimes: columns[keyCount] as number[],
+    createdTimes: columns[keyCount + 1] as number[],
+    values: columns.slice(keyCount + 2) as FeatureValue[][],
   };
 }

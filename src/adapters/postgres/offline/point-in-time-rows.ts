@@ -4,24 +4,28 @@ import { micros, selectExpression, toValue } from './latest-rows.js';
 import { postgresTypeOf, type ViewLayout } from './table-layout.js';
 
 /**
- * The SQL of point-in-time reads. The join's distinct keys are loaded into a temporary table
+ * The SQL of point-in-time reads. The join's distinct keys are loaded into a table of the call
  * (binary COPY, see `encodeKeyTable`) with their rank and the latest label time asked for each;
  * the feature rows then come out ordered by (rank, event time, created time) as binary COPY, so
  * neither side depends on how PostgreSQL collates the keys: the merge compares ranks only.
  */
 
-export const keyTable = 'fstore_pit_keys';
-
-export function keyTableDefinition(layout: ViewLayout): string {
-  return `CREATE TEMPORARY TABLE ${keyTable} (
+/**
+ * A key table of one call: unlogged rather than temporary, because parallel workers cannot read
+ * a temporary table and the hash join and sort of a large block are worth two cores. It is
+ * created inside the call's transaction (so a failed or cancelled call rolls it back with
+ * everything else) and dropped before the commit. The name is the caller's (random per call).
+ */
+export function keyTableDefinition(layout: ViewLayout, keyTable: string): string {
+  return `CREATE UNLOGGED TABLE ${keyTable} (
     rank integer NOT NULL,
     ${layout.keys.map((key, index) => `k${index} ${postgresTypeOf(key.valueType)} NOT NULL,`).join('\n')}
     max_time timestamptz NOT NULL
-  ) ON COMMIT DROP`;
+  )`;
 }
 
 /** Rows of the view with a key of the key table and an event time ≤ that key's max time. */
-export function pointInTimeQuery(layout: ViewLayout, qualifiedTable: string): string {
+export function pointInTimeQuery(layout: ViewLayout, qualifiedTable: string, keyTable: string): string {
   const join = layout.keys.map((key, index) => `f.${quoteIdentifier(key.columnName)} = k.k${index}`);
   return `SELECT k.rank, f.event_time, f.created_time${layout.features
     .map((feature) => `, f.${quoteIdentifier(feature.columnName)}`)

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { PoolClient } from 'pg';
@@ -5,14 +6,19 @@ import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { FStoreError, invalidArgument } from '../../../domain/errors.js';
 import type { FeatureView } from '../../../domain/model.js';
 import type { OfflineRowBatch, OfflineStore, OfflineWriteResult } from '../../../ports/offline-store.js';
-import { createPostgresPool, type PostgresPool, quoteIdentifier, translateDatabaseError } from '../pool.js';
+import {
+  createPostgresPool,
+  type PostgresPool,
+  quoteIdentifier,
+  type TransactionOptions,
+  translateDatabaseError,
+} from '../pool.js';
 import { copyColumns, encodeBatch, encodeKeyTable, valuePath } from './binary-copy.js';
 import { createRowSegmenter, type RowSegment } from './binary-rows.js';
-import { latestRowsQuery, toColumns } from './latest-rows.js';
+import { decodeLatestRows, latestRowsCopy, latestRowsFieldCount } from './latest-rows.js';
 import { type PostgresOfflineStoreOptionsInput, resolvePostgresOfflineStoreOptions } from './options.js';
 import {
   entityTimesQuery,
-  keyTable,
   keyTableDefinition,
   pointInTimeQuery,
   toEntityTimes,
@@ -275,26 +281,18 @@ export async function createPostgresOfflineStore(
   /**
    * The rows of `query` through a cursor in one REPEATABLE READ snapshot, converted batch by batch.
    * Batches are handed over one at a time, so the database is read no faster than the consumer
-   * takes them; stopping early ends the transaction. With `requiredTable`, nothing is read when
-   * that table does not exist (a view never written).
+   * takes them; stopping early ends the transaction.
    */
   async function* cursorBatches<T>(
     query: string,
     parameters: readonly unknown[],
-    options: { readonly batchRows: number; readonly signal?: AbortSignal; readonly requiredTable?: string },
+    options: { readonly batchRows: number; readonly signal?: AbortSignal },
     convert: (rows: unknown[][]) => T,
   ): AsyncGenerator<T> {
     const handoff = createHandoff<T>();
     const reading = pool
       .transaction(
         async (client) => {
-          if (options.requiredTable) {
-            const exists = await client.query<{ exists: boolean }>(
-              'SELECT to_regclass($1) IS NOT NULL AS exists',
-              [options.requiredTable],
-            );
-            if (!exists.rows[0]?.exists) return;
-          }
           // DISTINCT and ORDER BY sort every row of the range: give the sort memory, not disk files.
           await client.query(`SET LOCAL work_mem = '${latestRowsWorkMem}'`);
           await client.query(`DECLARE batches NO SCROLL CURSOR FOR ${query}`, parameters as unknown[]);
@@ -314,6 +312,71 @@ export async function createPostgresOfflineStore(
         (error: unknown) => handoff.fail(translateDatabaseError(error, purpose)),
       );
     yield* takeAll(handoff, reading, options.signal);
+  }
+
+  /**
+   * The rows of a binary `COPY (…) TO STDOUT` in one transaction, cut into segments of
+   * `segmentRows` rows (with `ranked`, only where the first column, a rank, changes). `prepare`
+   * runs first in the transaction and returns the COPY statement (undefined: no rows) and an
+   * optional statement to run after the last row. A segment is cut only when the previous one was
+   * taken, and the socket is not read meanwhile, so PostgreSQL sends no faster than the consumer
+   * takes; stopping early (break, throw, `signal`) cancels the statement and rolls back.
+   */
+  async function* copyOutSegments(
+    prepare: (client: PoolClient) => Promise<{ readonly copy: string; readonly after?: string } | undefined>,
+    fieldCount: number,
+    options: {
+      readonly segmentRows: number;
+      readonly ranked: boolean;
+      readonly signal?: AbortSignal;
+      readonly transaction: TransactionOptions;
+    },
+  ): AsyncGenerator<RowSegment> {
+    const handoff = createHandoff<RowSegment>();
+    const reading = pool
+      .transaction(async (client) => {
+        await client.query(`SET LOCAL work_mem = '${latestRowsWorkMem}'`);
+        const statements = await prepare(client);
+        if (!statements) return;
+        // Stopped already: throwing rolls back whatever `prepare` made.
+        if (handoff.stopped) throw new FStoreError('cancelled', 'the reader stopped');
+        const rows = client.query(copyTo(statements.copy));
+        const segmenter = createRowSegmenter(fieldCount, options.segmentRows, { ranked: options.ranked });
+        let taking = true;
+        try {
+          for await (const chunk of rows as AsyncIterable<Buffer>) {
+            if (!taking) continue; // draining what was in flight before the cancel took effect
+            for (const segment of segmenter.push(chunk)) {
+              if (await handoff.put(segment)) continue;
+              taking = false;
+              // A send blocked on a full socket only ends on a cancel; read on until it lands.
+              pool
+                .query('SELECT pg_cancel_backend($1)', [
+                  (client as unknown as { processID: number }).processID,
+                ])
+                .catch(() => {});
+              break;
+            }
+          }
+        } catch (error) {
+          // The cancel we asked for: the transaction is aborted, its end rolls everything back.
+          if (!taking) throw new FStoreError('cancelled', 'the reader stopped');
+          throw error;
+        }
+        if (!taking) throw new FStoreError('cancelled', 'the reader stopped'); // ended before the cancel
+        const last = segmenter.end();
+        if (last) await handoff.put(last);
+        if (statements.after) await client.query(statements.after);
+      }, options.transaction)
+      .then(
+        () => handoff.end(),
+        (error: unknown) =>
+          // A stop the consumer asked for is no failure: it is not waiting for anything.
+          handoff.stopped ? handoff.end() : handoff.fail(translateDatabaseError(error, purpose)),
+      );
+    yield* takeAll(handoff, reading, options.signal);
+    // takeAll ends without a word when the abort stopped the reader before its next segment.
+    options.signal?.throwIfAborted();
   }
 
   return {
@@ -390,20 +453,21 @@ export async function createPostgresOfflineStore(
       assertOpen();
       await ensureViewLayout(view);
       const layout = layouts.get(layoutKey(view)) as ViewLayout;
-      const batches = cursorBatches(
-        latestRowsQuery(layout, table(layout.table)),
-        [String(range.startMicros), String(range.endMicros)],
-        { batchRows, signal, requiredTable: table(layout.table) },
-        (rows) => toColumns(layout, rows),
+      const segments = copyOutSegments(
+        async (client) =>
+          (await tableExists(client, table(layout.table)))
+            ? { copy: latestRowsCopy(layout, table(layout.table), range) }
+            : undefined,
+        latestRowsFieldCount(layout),
+        {
+          segmentRows: batchRows,
+          ranked: false,
+          signal,
+          transaction: { isolation: 'repeatable read', readOnly: true, attempts: 1 },
+        },
       );
-      for await (const next of batches)
-        yield {
-          view,
-          keys: next.keys,
-          eventTimes: next.eventTimes,
-          createdTimes: next.createdTimes,
-          values: next.values,
-        };
+      for await (const segment of segments)
+        yield { view, ...decodeLatestRows(layout, segment.bytes, segment.rows) };
     },
 
     async *readPointInTime(view, keys, { segmentRows, signal }) {
@@ -411,66 +475,32 @@ export async function createPostgresOfflineStore(
       await ensureViewLayout(view);
       const layout = layouts.get(layoutKey(view)) as ViewLayout;
       if (keys.maxTimes.length === 0) return;
-      const handoff = createHandoff<RowSegment>();
-      const reading = pool
-        .transaction(
-          async (client) => {
-            const exists = await client.query<{ exists: boolean }>(
-              'SELECT to_regclass($1) IS NOT NULL AS exists',
-              [table(layout.table)],
-            );
-            if (!exists.rows[0]?.exists) return;
-            await client.query(`SET LOCAL work_mem = '${latestRowsWorkMem}'`);
-            await client.query(keyTableDefinition(layout));
-            await pipeline(
-              Readable.from(
-                encodeKeyTable(
-                  layout.keys.map((key) => key.valueType as 'string' | 'int64'),
-                  keys.keys,
-                  keys.maxTimes,
-                ),
+      const keyTable = table(`fstore_pit_keys_${randomBytes(8).toString('hex')}`);
+      yield* copyOutSegments(
+        async (client) => {
+          if (!(await tableExists(client, table(layout.table)))) return undefined;
+          // The key table lives in this transaction: a failed or cancelled read rolls it back.
+          await client.query(keyTableDefinition(layout, keyTable));
+          await pipeline(
+            Readable.from(
+              encodeKeyTable(
+                layout.keys.map((key) => key.valueType as 'string' | 'int64'),
+                keys.keys,
+                keys.maxTimes,
               ),
-              client.query(copyFrom(`COPY ${keyTable} FROM STDIN (FORMAT binary)`)),
-            );
-            // Row counts for the planner: a nested loop of index scans for few keys, a hash join for many.
-            await client.query(`ANALYZE ${keyTable}`);
-            if (handoff.stopped) return;
-            const rows = client.query(
-              copyTo(`COPY (${pointInTimeQuery(layout, table(layout.table))}) TO STDOUT (FORMAT binary)`),
-            );
-            const segmenter = createRowSegmenter(3 + layout.features.length, segmentRows);
-            let taking = true;
-            try {
-              // Pulled one chunk at a time: while a segment waits in the handoff, the socket is not
-              // read and PostgreSQL blocks on its send buffer.
-              for await (const chunk of rows as AsyncIterable<Buffer>) {
-                if (!taking) continue; // draining what was in flight before the cancel took effect
-                for (const segment of segmenter.push(chunk)) {
-                  if (await handoff.put(segment)) continue;
-                  taking = false;
-                  // A blocked send only ends on a cancel; read on until the error arrives.
-                  pool
-                    .query('SELECT pg_cancel_backend($1)', [
-                      (client as unknown as { processID: number }).processID,
-                    ])
-                    .catch(() => {});
-                  break;
-                }
-              }
-            } catch (error) {
-              if (!taking) return; // the cancel we asked for
-              throw error;
-            }
-            const last = segmenter.end();
-            if (last) await handoff.put(last);
-          },
-          { attempts: 1 },
-        )
-        .then(
-          () => handoff.end(),
-          (error: unknown) => handoff.fail(translateDatabaseError(error, purpose)),
-        );
-      yield* takeAll(handoff, reading, signal);
+            ),
+            client.query(copyFrom(`COPY ${keyTable} FROM STDIN (FORMAT binary)`)),
+          );
+          // Row counts for the planner: index lookups for few keys, a parallel hash join for many.
+          await client.query(`ANALYZE ${keyTable}`);
+          return {
+            copy: `COPY (${pointInTimeQuery(layout, table(layout.table), keyTable)}) TO STDOUT (FORMAT binary)`,
+            after: `DROP TABLE ${keyTable}`,
+          };
+        },
+        3 + layout.features.length,
+        { segmentRows, ranked: true, signal, transaction: { attempts: 1 } },
+      );
     },
 
     async *readEntityTimes(views, range, { batchRows, signal }) {
@@ -532,6 +562,13 @@ const materializationsTable = 'offline_materializations';
 
 // Measured: 1 M rows of 10 doubles sorted on disk with the default 4 MB took 2.9 s, 1.2 s in memory.
 const latestRowsWorkMem = '256MB';
+
+async function tableExists(client: PoolClient, qualifiedName: string): Promise<boolean> {
+  const result = await client.query<{ exists: boolean }>('SELECT to_regclass($1) IS NOT NULL AS exists', [
+    qualifiedName,
+  ]);
+  return result.rows[0]?.exists === true;
+}
 
 const microsOf = (column: string) => `((EXTRACT(EPOCH FROM ${column}) * 1000000)::bigint)::text`;
 
