@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Start/stop the real servers the test suite talks to (DESIGN.md §7: no Docker engine,
-# so Redis and PostgreSQL come from the Debian packages and run on loopback).
+# so Redis and PostgreSQL come from the Debian packages, Apache Kafka from Maven Central's jars
+# on the machine's JDK, all on loopback).
 #
 # Usage: scripts/servers.sh start|stop|status|env
 #                           start-redis|stop-redis        (the single Redis only)
 #                           start-postgres|stop-postgres  (PostgreSQL only)
+#                           start-kafka|stop-kafka        (the Kafka broker only)
 #
 # Environment (all optional):
 #   FSTORE_RUN_DIR             runtime dir for data, logs, pid files (default: <repo>/.run)
 #   FSTORE_TEST_REDIS_PORT     single Redis port              (default: 6391)
 #   FSTORE_TEST_CLUSTER_PORTS  Redis Cluster master ports     (default: "7101 7102 7103")
 #   FSTORE_TEST_PG_PORT        PostgreSQL port                (default: 5439)
+#   FSTORE_TEST_KAFKA_PORT     Kafka broker (PLAINTEXT) port  (default: 9192)
+#   FSTORE_TEST_KAFKA_CONTROLLER_PORT  its KRaft controller port (default: 9193)
+#   FSTORE_KAFKA_CACHE         where the Kafka jars are kept, one folder per version
+#                              (default: ${XDG_CACHE_HOME:-$HOME/.cache}/fstore/kafka)
 #   FSTORE_SERVERS_TIMEOUT     seconds for every wait loop    (default: 30)
 #
 # Must work unattended (CI=true, no stdin, no TTY) as root on a fresh Debian 12, and also
@@ -23,15 +29,27 @@ RUN_DIR="${FSTORE_RUN_DIR:-$REPO_ROOT/.run}"
 REDIS_PORT="${FSTORE_TEST_REDIS_PORT:-6391}"
 read -r -a CLUSTER_PORTS <<<"${FSTORE_TEST_CLUSTER_PORTS:-7101 7102 7103}"
 PG_PORT="${FSTORE_TEST_PG_PORT:-5439}"
+KAFKA_PORT="${FSTORE_TEST_KAFKA_PORT:-9192}"
+KAFKA_CONTROLLER_PORT="${FSTORE_TEST_KAFKA_CONTROLLER_PORT:-9193}"
 TIMEOUT="${FSTORE_SERVERS_TIMEOUT:-30}"
 HOST=127.0.0.1
 PG_DB=fstore_test
 PG_USER=postgres
 # Bound psql/createdb connection attempts too (libpq waits indefinitely by default).
 export PGCONNECT_TIMEOUT=5
+# Apache Kafka: the latest 3.9 patch on Maven Central, with the slf4j binding and reload4j
+# versions that Kafka 3.9's own distribution ships (its libs/ folder).
+KAFKA_VERSION=3.9.2
+SLF4J_VERSION=1.7.36
+RELOAD4J_VERSION=1.2.25
+# The jars are fetched once per version and shared by every checkout and run dir of this user.
+KAFKA_CACHE="${FSTORE_KAFKA_CACHE:-${XDG_CACHE_HOME:-${HOME:-$REPO_ROOT}/.cache}/fstore/kafka}"
+KAFKA_HOME="$KAFKA_CACHE/$KAFKA_VERSION"
+# A Maven Central download that hangs must not eat CI's time; the first fetch takes ~45 s.
+KAFKA_FETCH_TIMEOUT=900
 
 # Ports end up in URLs, file names and config files: accept digits only.
-for _p in "$REDIS_PORT" "${CLUSTER_PORTS[@]}" "$PG_PORT"; do
+for _p in "$REDIS_PORT" "${CLUSTER_PORTS[@]}" "$PG_PORT" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
   [[ "$_p" =~ ^[0-9]+$ ]] || { echo "[servers] ERROR: invalid port '$_p'" >&2; exit 2; }
 done
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || { echo "[servers] ERROR: invalid FSTORE_SERVERS_TIMEOUT '$TIMEOUT'" >&2; exit 2; }
@@ -440,6 +458,225 @@ stop_postgres() {
 }
 
 # ---------------------------------------------------------------------------------------
+# Apache Kafka (single-node KRaft broker on the JDK; config templates in scripts/kafka/)
+# ---------------------------------------------------------------------------------------
+
+kafka_pidfile() { printf '%s/kafka-%s.pid\n' "$RUN_DIR" "$KAFKA_PORT"; }
+kafka_logfile() { printf '%s/kafka-%s.log\n' "$LOG_DIR" "$KAFKA_PORT"; }
+# Where this start's lines begin in the log (a byte offset): readiness is read from there on.
+kafka_logpos_file() { printf '%s/kafka-%s.logpos\n' "$RUN_DIR" "$KAFKA_PORT"; }
+# server.properties and the data (log.dirs) of the broker on this port.
+kafka_dir() { printf '%s/kafka-%s\n' "$RUN_DIR" "$KAFKA_PORT"; }
+
+java_bin() { printf '%s\n' "${JAVA_HOME:+$JAVA_HOME/bin/}java"; }
+
+# The JDK runs the broker and Maven fetches it; both are on this kind of machine, and as root
+# a missing one is installed from Debian's packages.
+ensure_java() {
+  local need_maven="$1" major
+  local -a missing=()
+  command -v "$(java_bin)" >/dev/null || missing+=(openjdk-17-jre-headless)
+  [[ "$need_maven" -eq 1 ]] && ! command -v mvn >/dev/null && missing+=(maven)
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    is_root || die "Kafka needs java (JDK 11 or newer) and, for the first fetch, mvn on PATH; missing Debian packages: ${missing[*]}"
+    log "installing Debian packages: ${missing[*]}"
+    apt_install "${missing[@]}" || die "apt-get install ${missing[*]} failed"
+  fi
+  # Kafka 3.9 runs on Java 11 to 23 (8 is deprecated).
+  major="$("$(java_bin)" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p')"
+  [[ "$major" =~ ^[0-9]+$ && "$major" -ge 11 ]] || die "Kafka $KAFKA_VERSION needs Java 11 or newer; $(java_bin) is '${major:-unknown}'"
+}
+
+# Fetch kafka_2.13 and its runtime dependencies once into $KAFKA_HOME/libs, with a pom of our
+# own. The `complete` marker is written last, so an interrupted fetch is redone, not half-used.
+kafka_fetch() {
+  [[ -f "$KAFKA_HOME/complete" ]] && return 0
+  mkdir -p "$KAFKA_HOME"
+  local lock
+  # Throwaway brokers (test/support/throwaway-kafka.ts) may start in parallel: fetch once.
+  exec {lock}>"$KAFKA_HOME/.lock"
+  flock -w "$KAFKA_FETCH_TIMEOUT" "$lock" || die "another fetch of Kafka into $KAFKA_HOME did not finish within ${KAFKA_FETCH_TIMEOUT}s"
+  if [[ ! -f "$KAFKA_HOME/complete" ]]; then
+    ensure_java 1
+    log "fetching Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_HOME (once per version)"
+    cat >"$KAFKA_HOME/pom.xml" <<POM
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by scripts/servers.sh: the jars of a Kafka broker, copied to libs/. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>fstore.test</groupId>
+  <artifactId>kafka-broker-jars</artifactId>
+  <version>$KAFKA_VERSION</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>$KAFKA_VERSION</version>
+    </dependency>
+    <dependency>
+      <groupId>org.slf4j</groupId>
+      <artifactId>slf4j-reload4j</artifactId>
+      <version>$SLF4J_VERSION</version>
+    </dependency>
+    <dependency>
+      <groupId>ch.qos.reload4j</groupId>
+      <artifactId>reload4j</artifactId>
+      <version>$RELOAD4J_VERSION</version>
+    </dependency>
+  </dependencies>
+</project>
+POM
+    rm -rf "$KAFKA_HOME/libs" "$KAFKA_HOME/libs.partial"
+    # --strict-checksums: a corrupt download fails here, not as a ClassNotFoundException later.
+    timeout "$KAFKA_FETCH_TIMEOUT" mvn -B -ntp --strict-checksums -f "$KAFKA_HOME/pom.xml" \
+      org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME/libs.partial" \
+      </dev/null >"$KAFKA_HOME/fetch.log" 2>&1 ||
+      { log_tail "$KAFKA_HOME/fetch.log"; die "fetching Kafka $KAFKA_VERSION with Maven failed"; }
+    [[ -f "$KAFKA_HOME/libs.partial/kafka_2.13-$KAFKA_VERSION.jar" ]] ||
+      { log_tail "$KAFKA_HOME/fetch.log"; die "Maven finished but kafka_2.13-$KAFKA_VERSION.jar is not in $KAFKA_HOME/libs.partial"; }
+    mv "$KAFKA_HOME/libs.partial" "$KAFKA_HOME/libs"
+    date -u +%FT%TZ >"$KAFKA_HOME/complete"
+    log "Kafka $KAFKA_VERSION: $(find "$KAFKA_HOME/libs" -name '*.jar' | wc -l) jars in $KAFKA_HOME/libs"
+  fi
+  exec {lock}>&-
+}
+
+# A Kafka main class on the cached jars, logging with our log4j config (to stdout).
+KAFKA_JAVA_OPTS=(-Djava.awt.headless=true -Dlog4j.configuration="file:$REPO_ROOT/scripts/kafka/log4j.properties"
+  -cp "$KAFKA_HOME/libs/*")
+kafka_java() { "$(java_bin)" "${KAFKA_JAVA_OPTS[@]}" "$@"; }
+
+# Succeeds if the pid file names a live broker started with this run dir's server.properties.
+kafka_alive() {
+  local pidfile pid
+  pidfile="$(kafka_pidfile)"
+  [[ -f "$pidfile" ]] || return 1
+  pid="$(cat "$pidfile" 2>/dev/null || true)"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  proc_running "$pid" || return 1
+  # Guard against pid reuse after a crash/reboot.
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -F "kafka.Kafka $(kafka_dir)/server.properties" >/dev/null
+}
+
+# The broker logs "Kafka Server started" once it is registered with its controller, unfenced
+# and serving requests on its listeners.
+kafka_started() {
+  local pos
+  pos="$(cat "$(kafka_logpos_file)" 2>/dev/null || echo 0)"
+  [[ "$pos" =~ ^[0-9]+$ ]] || pos=0
+  # No grep -q: under pipefail, tail would die of SIGPIPE when grep stops reading at the match.
+  tail -c "+$((pos + 1))" "$(kafka_logfile)" 2>/dev/null | grep -F 'Kafka Server started' >/dev/null &&
+    port_in_use "$KAFKA_PORT"
+}
+
+wait_kafka_up() {
+  local deadline=$((SECONDS + TIMEOUT))
+  while ((SECONDS < deadline)); do
+    kafka_started && return 0
+    kafka_alive || { log_tail "$(kafka_logfile)"; die "Kafka on $HOST:$KAFKA_PORT exited during start-up"; }
+    sleep 0.2
+  done
+  log_tail "$(kafka_logfile)"
+  die "Kafka on $HOST:$KAFKA_PORT did not log 'Kafka Server started' within ${TIMEOUT}s"
+}
+
+# Our server.properties from the template, rewritten on every start (ports may change).
+kafka_write_conf() {
+  local dir="$1" sed_dir
+  # The data dir is a sed replacement: escape its \, & and the | delimiter.
+  sed_dir="$(printf '%s' "$dir/data" | sed 's/[\\&|]/\\&/g')"
+  sed -e "s|@HOST@|$HOST|g" -e "s|@PORT@|$KAFKA_PORT|g" \
+    -e "s|@CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" -e "s|@LOG_DIRS@|$sed_dir|g" \
+    "$REPO_ROOT/scripts/kafka/server.properties" >"$dir/server.properties.tmp"
+  mv "$dir/server.properties.tmp" "$dir/server.properties"
+}
+
+# Formats the KRaft storage once, with a new cluster id (an unformatted dir is wiped first).
+kafka_format() {
+  local dir="$1" cluster_id
+  [[ -f "$dir/data/meta.properties" ]] && return 0
+  rm -rf "$dir/data"
+  cluster_id="$(kafka_java kafka.tools.StorageTool random-uuid </dev/null 2>>"$LOG_DIR/kafka-format.log" | tail -n 1 || true)"
+  [[ "$cluster_id" =~ ^[A-Za-z0-9_-]{22}$ ]] ||
+    { log_tail "$LOG_DIR/kafka-format.log"; die "kafka.tools.StorageTool random-uuid printed '$cluster_id', not a cluster id"; }
+  kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
+    </dev/null >>"$LOG_DIR/kafka-format.log" 2>&1 ||
+    { log_tail "$LOG_DIR/kafka-format.log"; die "kafka.tools.StorageTool format failed"; }
+  log "kafka storage formatted in $dir/data (cluster id $cluster_id)"
+}
+
+start_kafka() {
+  local dir pidfile logfile port
+  dir="$(kafka_dir)"
+  pidfile="$(kafka_pidfile)"
+  logfile="$(kafka_logfile)"
+  if kafka_alive; then
+    wait_kafka_up
+    return 0
+  fi
+  rm -f "$pidfile"
+  # Something else (not ours) on a port would make tests talk to the wrong server.
+  for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    port_in_use "$port" &&
+      die "port $HOST:$port is already in use by a process we did not start (no live pid in $pidfile); stop it or set FSTORE_TEST_KAFKA_PORT / FSTORE_TEST_KAFKA_CONTROLLER_PORT"
+  done
+  ensure_java 0
+  kafka_fetch
+  mkdir -p "$dir" "$LOG_DIR"
+  kafka_write_conf "$dir"
+  kafka_format "$dir"
+  touch "$logfile"
+  stat -c %s "$logfile" >"$(kafka_logpos_file)"
+  # The flags of Kafka's own kafka-server-start.sh, with a heap sized for a 2-core test machine.
+  # nohup execs java, so $! is the broker's pid.
+  nohup "$(java_bin)" -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError \
+    "${KAFKA_JAVA_OPTS[@]}" kafka.Kafka "$dir/server.properties" </dev/null >>"$logfile" 2>&1 &
+  echo "$!" >"$pidfile"
+  wait_kafka_up
+  log "kafka $KAFKA_VERSION on $HOST:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT) started"
+}
+
+stop_kafka() {
+  local pidfile pid deadline=$((SECONDS + TIMEOUT))
+  pidfile="$(kafka_pidfile)"
+  if ! kafka_alive; then
+    rm -f "$pidfile"
+    return 0
+  fi
+  pid="$(cat "$pidfile")"
+  # SIGTERM is Kafka's clean shutdown (it closes its logs, so the next start skips recovery).
+  kill "$pid" 2>/dev/null || true
+  while ((SECONDS < deadline)); do
+    if ! proc_running "$pid"; then
+      rm -f "$pidfile"
+      kafka_wait_ports_closed
+      log "kafka on $HOST:$KAFKA_PORT stopped"
+      return 0
+    fi
+    sleep 0.1
+  done
+  log "kafka on port $KAFKA_PORT ignored SIGTERM for ${TIMEOUT}s; sending SIGKILL to pid $pid"
+  log_tail "$(kafka_logfile)"
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+  kafka_wait_ports_closed
+}
+
+# A JVM's main thread can turn zombie (proc_running: stopped) before its other threads have
+# exited and closed the listeners; a start right after a stop must not find the ports taken.
+kafka_wait_ports_closed() {
+  local deadline=$((SECONDS + TIMEOUT))
+  while ((SECONDS < deadline)); do
+    port_in_use "$KAFKA_PORT" || port_in_use "$KAFKA_CONTROLLER_PORT" || return 0
+    sleep 0.1
+  done
+  die "Kafka's ports $HOST:$KAFKA_PORT and $KAFKA_CONTROLLER_PORT were still open ${TIMEOUT}s after it stopped"
+}
+
+# ---------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------
 
@@ -451,6 +688,7 @@ print_env() {
   printf 'export FSTORE_TEST_REDIS_URL=%s\n' "redis://$HOST:$REDIS_PORT"
   printf 'export FSTORE_TEST_REDIS_CLUSTER_NODES=%s\n' "$nodes"
   printf 'export FSTORE_TEST_POSTGRES_URL=%s\n' "postgres://$PG_USER@$HOST:$PG_PORT/$PG_DB"
+  printf 'export FSTORE_TEST_KAFKA_BROKERS=%s\n' "$HOST:$KAFKA_PORT"
 }
 
 print_status() {
@@ -472,6 +710,11 @@ print_status() {
   else
     echo "postgres   $HOST:$PG_PORT  stopped"; rc=1
   fi
+  if kafka_alive && kafka_started; then
+    echo "kafka      $HOST:$KAFKA_PORT  running (Kafka $KAFKA_VERSION, KRaft controller on $KAFKA_CONTROLLER_PORT)"
+  else
+    echo "kafka      $HOST:$KAFKA_PORT  stopped"; rc=1
+  fi
   return "$rc"
 }
 
@@ -485,6 +728,7 @@ main() {
       start_redis
       start_cluster
       start_postgres
+      start_kafka
       ;;
     stop)
       # Best effort for each server so one failure does not leave the others running.
@@ -494,6 +738,7 @@ main() {
         (stop_cluster) || rc=1
       fi
       if [[ -f "$PG_DATA/PG_VERSION" ]]; then (stop_postgres) || rc=1; fi
+      (stop_kafka) || rc=1
       return "$rc"
       ;;
     start-redis)
@@ -514,10 +759,17 @@ main() {
     stop-postgres)
       stop_postgres
       ;;
+    start-kafka)
+      mkdir -p "$RUN_DIR" "$LOG_DIR"
+      start_kafka
+      ;;
+    stop-kafka)
+      stop_kafka
+      ;;
     status) print_status ;;
     env) print_env ;;
     *)
-      echo "usage: $0 start|stop|status|env|start-redis|stop-redis|start-postgres|stop-postgres" >&2
+      echo "usage: $0 start|stop|status|env|start-redis|stop-redis|start-postgres|stop-postgres|start-kafka|stop-kafka" >&2
       exit 2
       ;;
   esac
