@@ -9,6 +9,8 @@ import {
   featureSetToProto,
   featureViewFromProto,
   featureViewToProto,
+  streamAggregationFromProto,
+  streamAggregationToProto,
 } from './registry-mapping.js';
 import type { ServiceHandlers } from './server.js';
 
@@ -104,6 +106,34 @@ export function createRegistryServiceHandlers(
     },
     async deleteFeatureSet(request) {
       await registry.deleteFeatureSet(project(request.project), request.name);
+      await afterChange();
+      return {};
+    },
+
+    async applyStreamAggregation(request) {
+      const result = await changed(
+        await registry.applyStreamAggregation(
+          project(request.project),
+          streamAggregationFromProto(request.streamAggregation),
+          { force: request.force },
+        ),
+      );
+      return {
+        streamAggregation: streamAggregationToProto(result.streamAggregation),
+        featureView: featureViewToProto(result.featureView),
+        outcome: applyOutcomeToProto(result.outcome),
+      };
+    },
+    async getStreamAggregation(request) {
+      const aggregation = await registry.getStreamAggregation(project(request.project), request.name);
+      return { streamAggregation: streamAggregationToProto(aggregation) };
+    },
+    async listStreamAggregations(request) {
+      const aggregations = await registry.listStreamAggregations(project(request.project));
+      return { streamAggregations: aggregations.map(streamAggregationToProto) };
+    },
+    async deleteStreamAggregation(request) {
+      await registry.deleteStreamAggregation(project(request.project), request.name);
       await afterChange();
       return {};
     },

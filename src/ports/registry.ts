@@ -7,6 +7,7 @@ import type {
   FeatureView,
   FeatureViewDefinition,
 } from '../domain/model.js';
+import type { StreamAggregation, StreamAggregationDefinition } from '../domain/stream-aggregation.js';
 
 /**
  * The registry port: persistent definitions, versioned views. Validation and compatibility rules
@@ -45,6 +46,21 @@ export interface Registry {
   getFeatureSet(project: string, name: string): Promise<FeatureSet>;
   listFeatureSets(project: string): Promise<FeatureSet[]>;
   deleteFeatureSet(project: string, name: string): Promise<void>;
+
+  /**
+   * Stores the definition and applies the feature view it produces (`producedFeatureView`) with
+   * `applyFeatureView`'s rules, in one transaction. `outcome` is 'unchanged' only when neither the
+   * definition nor the view changed.
+   */
+  applyStreamAggregation(
+    project: string,
+    streamAggregation: StreamAggregationDefinition,
+    options: { force: boolean },
+  ): Promise<{ streamAggregation: StreamAggregation; featureView: FeatureView; outcome: ApplyOutcome }>;
+  getStreamAggregation(project: string, name: string): Promise<StreamAggregation>;
+  listStreamAggregations(project: string): Promise<StreamAggregation[]>;
+  /** Deletes the definition and its produced view, under `deleteFeatureView`'s rules. */
+  deleteStreamAggregation(project: string, name: string): Promise<void>;
 
   listProjects(): Promise<string[]>;
 

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fstore/v1/registry.proto.
  */
 export const file_fstore_v1_registry: GenFile = /*@__PURE__*/
-  fileDesc("Chhmc3RvcmUvdjEvcmVnaXN0cnkucHJvdG8SCWZzdG9yZS52MSI7CgdKb2luS2V5EgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmZzdG9yZS52MS5WYWx1ZVR5cGUiggEKBkVudGl0eRIMCgRuYW1lGAEgASgJEiUKCWpvaW5fa2V5cxgCIAMoCzISLmZzdG9yZS52MS5Kb2luS2V5EhMKC2Rlc2NyaXB0aW9uGAMgASgJEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIu8BCgdGZWF0dXJlEgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmZzdG9yZS52MS5WYWx1ZVR5cGUSEwoLZGVzY3JpcHRpb24YAyABKAkSKgoEdGFncxgEIAMoCzIcLmZzdG9yZS52MS5GZWF0dXJlLlRhZ3NFbnRyeRIQCghyZXF1aXJlZBgFIAEoCBIQCgNtaW4YBiABKAFIAIgBARIQCgNtYXgYByABKAFIAYgBARorCglUYWdzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRfbWluQgYKBF9tYXgi+wIKC0ZlYXR1cmVWaWV3EgwKBG5hbWUYASABKAkSEAoIZW50aXRpZXMYAiADKAkSJAoIZmVhdHVyZXMYAyADKAsyEi5mc3RvcmUudjEuRmVhdHVyZRImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGb25saW5lGAUgASgIEiwKBnNvdXJjZRgGIAEoDjIcLmZzdG9yZS52MS5GZWF0dXJlVmlld1NvdXJjZRINCgVvd25lchgHIAEoCRITCgtkZXNjcmlwdGlvbhgIIAEoCRIuCgR0YWdzGAkgAygLMiAuZnN0b3JlLnYxLkZlYXR1cmVWaWV3LlRhZ3NFbnRyeRIPCgd2ZXJzaW9uGAogASgNEi4KCmNyZWF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGisKCVRhZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBInEKCkZlYXR1cmVTZXQSDAoEbmFtZRgBIAEoCRIQCghmZWF0dXJlcxgCIAMoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIuCgp1cGRhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJXChJBcHBseUVudGl0eVJlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIhCgZlbnRpdHkYAiABKAsyES5mc3RvcmUudjEuRW50aXR5Eg0KBWZvcmNlGAMgASgIImIKE0FwcGx5RW50aXR5UmVzcG9uc2USIQoGZW50aXR5GAEgASgLMhEuZnN0b3JlLnYxLkVudGl0eRIoCgdvdXRjb21lGAIgASgOMhcuZnN0b3JlLnYxLkFwcGx5T3V0Y29tZSIxChBHZXRFbnRpdHlSZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkSDAoEbmFtZRgCIAEoCSI2ChFHZXRFbnRpdHlSZXNwb25zZRIhCgZlbnRpdHkYASABKAsyES5mc3RvcmUudjEuRW50aXR5IiYKE0xpc3RFbnRpdGllc1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCSI7ChRMaXN0RW50aXRpZXNSZXNwb25zZRIjCghlbnRpdGllcxgBIAMoCzIRLmZzdG9yZS52MS5FbnRpdHkiNAoTRGVsZXRlRW50aXR5UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEgwKBG5hbWUYAiABKAkiFgoURGVsZXRlRW50aXR5UmVzcG9uc2UiZwoXQXBwbHlGZWF0dXJlVmlld1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIsCgxmZWF0dXJlX3ZpZXcYAiABKAsyFi5mc3RvcmUudjEuRmVhdHVyZVZpZXcSDQoFZm9yY2UYAyABKAgicgoYQXBwbHlGZWF0dXJlVmlld1Jlc3BvbnNlEiwKDGZlYXR1cmVfdmlldxgBIAEoCzIWLmZzdG9yZS52MS5GZWF0dXJlVmlldxIoCgdvdXRjb21lGAIgASgOMhcuZnN0b3JlLnYxLkFwcGx5T3V0Y29tZSJHChVHZXRGZWF0dXJlVmlld1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB3ZlcnNpb24YAyABKA0iRgoWR2V0RmVhdHVyZVZpZXdSZXNwb25zZRIsCgxmZWF0dXJlX3ZpZXcYASABKAsyFi5mc3RvcmUudjEuRmVhdHVyZVZpZXciKgoXTGlzdEZlYXR1cmVWaWV3c1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCSJJChhMaXN0RmVhdHVyZVZpZXdzUmVzcG9uc2USLQoNZmVhdHVyZV92aWV3cxgBIAMoCzIWLmZzdG9yZS52MS5GZWF0dXJlVmlldyI/Ch5MaXN0RmVhdHVyZVZpZXdWZXJzaW9uc1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIMCgRuYW1lGAIgASgJIksKH0xpc3RGZWF0dXJlVmlld1ZlcnNpb25zUmVzcG9uc2USKAoIdmVyc2lvbnMYASADKAsyFi5mc3RvcmUudjEuRmVhdHVyZVZpZXciOQoYRGVsZXRlRmVhdHVyZVZpZXdSZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkSDAoEbmFtZRgCIAEoCSIbChlEZWxldGVGZWF0dXJlVmlld1Jlc3BvbnNlIlUKFkFwcGx5RmVhdHVyZVNldFJlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIqCgtmZWF0dXJlX3NldBgCIAEoCzIVLmZzdG9yZS52MS5GZWF0dXJlU2V0Im8KF0FwcGx5RmVhdHVyZVNldFJlc3BvbnNlEioKC2ZlYXR1cmVfc2V0GAEgASgLMhUuZnN0b3JlLnYxLkZlYXR1cmVTZXQSKAoHb3V0Y29tZRgCIAEoDjIXLmZzdG9yZS52MS5BcHBseU91dGNvbWUiNQoUR2V0RmVhdHVyZVNldFJlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIMCgRuYW1lGAIgASgJIkMKFUdldEZlYXR1cmVTZXRSZXNwb25zZRIqCgtmZWF0dXJlX3NldBgBIAEoCzIVLmZzdG9yZS52MS5GZWF0dXJlU2V0IikKFkxpc3RGZWF0dXJlU2V0c1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCSJGChdMaXN0RmVhdHVyZVNldHNSZXNwb25zZRIrCgxmZWF0dXJlX3NldHMYASADKAsyFS5mc3RvcmUudjEuRmVhdHVyZVNldCI4ChdEZWxldGVGZWF0dXJlU2V0UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEgwKBG5hbWUYAiABKAkiGgoYRGVsZXRlRmVhdHVyZVNldFJlc3BvbnNlIhUKE0xpc3RQcm9qZWN0c1JlcXVlc3QiKAoUTGlzdFByb2plY3RzUmVzcG9uc2USEAoIcHJvamVjdHMYASADKAkqlQEKEUZlYXR1cmVWaWV3U291cmNlEiMKH0ZFQVRVUkVfVklFV19TT1VSQ0VfVU5TUEVDSUZJRUQQABIdChlGRUFUVVJFX1ZJRVdfU09VUkNFX0JBVENIEAESHAoYRkVBVFVSRV9WSUVXX1NPVVJDRV9QVVNIEAISHgoaRkVBVFVSRV9WSUVXX1NPVVJDRV9TVFJFQU0QAyqAAQoMQXBwbHlPdXRjb21lEh0KGUFQUExZX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVBUFBMWV9PVVRDT01FX0NSRUFURUQQARIbChdBUFBMWV9PVVRDT01FX1VOQ0hBTkdFRBACEhkKFUFQUExZX09VVENPTUVfVVBEQVRFRBADMuIJCg9SZWdpc3RyeVNlcnZpY2USTAoLQXBwbHlFbnRpdHkSHS5mc3RvcmUudjEuQXBwbHlFbnRpdHlSZXF1ZXN0Gh4uZnN0b3JlLnYxLkFwcGx5RW50aXR5UmVzcG9uc2USRgoJR2V0RW50aXR5EhsuZnN0b3JlLnYxLkdldEVudGl0eVJlcXVlc3QaHC5mc3RvcmUudjEuR2V0RW50aXR5UmVzcG9uc2USTwoMTGlzdEVudGl0aWVzEh4uZnN0b3JlLnYxLkxpc3RFbnRpdGllc1JlcXVlc3QaHy5mc3RvcmUudjEuTGlzdEVudGl0aWVzUmVzcG9uc2USTwoMRGVsZXRlRW50aXR5Eh4uZnN0b3JlLnYxLkRlbGV0ZUVudGl0eVJlcXVlc3QaHy5mc3RvcmUudjEuRGVsZXRlRW50aXR5UmVzcG9uc2USWwoQQXBwbHlGZWF0dXJlVmlldxIiLmZzdG9yZS52MS5BcHBseUZlYXR1cmVWaWV3UmVxdWVzdBojLmZzdG9yZS52MS5BcHBseUZlYXR1cmVWaWV3UmVzcG9uc2USVQoOR2V0RmVhdHVyZVZpZXcSIC5mc3RvcmUudjEuR2V0RmVhdHVyZVZpZXdSZXF1ZXN0GiEuZnN0b3JlLnYxLkdldEZlYXR1cmVWaWV3UmVzcG9uc2USWwoQTGlzdEZlYXR1cmVWaWV3cxIiLmZzdG9yZS52MS5MaXN0RmVhdHVyZVZpZXdzUmVxdWVzdBojLmZzdG9yZS52MS5MaXN0RmVhdHVyZVZpZXdzUmVzcG9uc2UScAoXTGlzdEZlYXR1cmVWaWV3VmVyc2lvbnMSKS5mc3RvcmUudjEuTGlzdEZlYXR1cmVWaWV3VmVyc2lvbnNSZXF1ZXN0GiouZnN0b3JlLnYxLkxpc3RGZWF0dXJlVmlld1ZlcnNpb25zUmVzcG9uc2USXgoRRGVsZXRlRmVhdHVyZVZpZXcSIy5mc3RvcmUudjEuRGVsZXRlRmVhdHVyZVZpZXdSZXF1ZXN0GiQuZnN0b3JlLnYxLkRlbGV0ZUZlYXR1cmVWaWV3UmVzcG9uc2USWAoPQXBwbHlGZWF0dXJlU2V0EiEuZnN0b3JlLnYxLkFwcGx5RmVhdHVyZVNldFJlcXVlc3QaIi5mc3RvcmUudjEuQXBwbHlGZWF0dXJlU2V0UmVzcG9uc2USUgoNR2V0RmVhdHVyZVNldBIfLmZzdG9yZS52MS5HZXRGZWF0dXJlU2V0UmVxdWVzdBogLmZzdG9yZS52MS5HZXRGZWF0dXJlU2V0UmVzcG9uc2USWAoPTGlzdEZlYXR1cmVTZXRzEiEuZnN0b3JlLnYxLkxpc3RGZWF0dXJlU2V0c1JlcXVlc3QaIi5mc3RvcmUudjEuTGlzdEZlYXR1cmVTZXRzUmVzcG9uc2USWwoQRGVsZXRlRmVhdHVyZVNldBIiLmZzdG9yZS52MS5EZWxldGVGZWF0dXJlU2V0UmVxdWVzdBojLmZzdG9yZS52MS5EZWxldGVGZWF0dXJlU2V0UmVzcG9uc2USTwoMTGlzdFByb2plY3RzEh4uZnN0b3JlLnYxLkxpc3RQcm9qZWN0c1JlcXVlc3QaHy5mc3RvcmUudjEuTGlzdFByb2plY3RzUmVzcG9uc2ViBnByb3RvMw", [file_fstore_v1_values, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Chhmc3RvcmUvdjEvcmVnaXN0cnkucHJvdG8SCWZzdG9yZS52MSI7CgdKb2luS2V5EgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmZzdG9yZS52MS5WYWx1ZVR5cGUiggEKBkVudGl0eRIMCgRuYW1lGAEgASgJEiUKCWpvaW5fa2V5cxgCIAMoCzISLmZzdG9yZS52MS5Kb2luS2V5EhMKC2Rlc2NyaXB0aW9uGAMgASgJEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIu8BCgdGZWF0dXJlEgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmZzdG9yZS52MS5WYWx1ZVR5cGUSEwoLZGVzY3JpcHRpb24YAyABKAkSKgoEdGFncxgEIAMoCzIcLmZzdG9yZS52MS5GZWF0dXJlLlRhZ3NFbnRyeRIQCghyZXF1aXJlZBgFIAEoCBIQCgNtaW4YBiABKAFIAIgBARIQCgNtYXgYByABKAFIAYgBARorCglUYWdzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRfbWluQgYKBF9tYXgi+wIKC0ZlYXR1cmVWaWV3EgwKBG5hbWUYASABKAkSEAoIZW50aXRpZXMYAiADKAkSJAoIZmVhdHVyZXMYAyADKAsyEi5mc3RvcmUudjEuRmVhdHVyZRImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGb25saW5lGAUgASgIEiwKBnNvdXJjZRgGIAEoDjIcLmZzdG9yZS52MS5GZWF0dXJlVmlld1NvdXJjZRINCgVvd25lchgHIAEoCRITCgtkZXNjcmlwdGlvbhgIIAEoCRIuCgR0YWdzGAkgAygLMiAuZnN0b3JlLnYxLkZlYXR1cmVWaWV3LlRhZ3NFbnRyeRIPCgd2ZXJzaW9uGAogASgNEi4KCmNyZWF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGisKCVRhZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBInEKCkZlYXR1cmVTZXQSDAoEbmFtZRgBIAEoCRIQCghmZWF0dXJlcxgCIAMoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIuCgp1cGRhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK2AQoLQWdncmVnYXRpb24SDAoEbmFtZRgBIAEoCRIwCghmdW5jdGlvbhgCIAEoDjIeLmZzdG9yZS52MS5BZ2dyZWdhdGlvbkZ1bmN0aW9uEg0KBWZpZWxkGAMgASgJEi4KC3dpbmRvd19zaXplGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEigKBXNsaWRlGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIqwFChFTdHJlYW1BZ2dyZWdhdGlvbhIMCgRuYW1lGAEgASgJEg0KBXRvcGljGAIgASgJEisKCGVuY29kaW5nGAMgASgOMhkuZnN0b3JlLnYxLlN0cmVhbUVuY29kaW5nEhIKCmtleV9maWVsZHMYBCADKAkSEAoIZW50aXRpZXMYBSADKAkSGAoQZXZlbnRfdGltZV9maWVsZBgGIAEoCRIxCg9ldmVudF90aW1lX3VuaXQYByABKA4yGC5mc3RvcmUudjEuRXZlbnRUaW1lVW5pdBIyCg93YXRlcm1hcmtfYm91bmQYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMwoQYWxsb3dlZF9sYXRlbmVzcxgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIvCgxpZGxlX3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoMYWdncmVnYXRpb25zGAsgAygLMhYuZnN0b3JlLnYxLkFnZ3JlZ2F0aW9uEiMKG2VtaXRfZm9sbG93aW5nX2VtcHR5X3dpbmRvdxgMIAEoCBImCgN0dGwYDSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGb25saW5lGA4gASgIEg0KBW93bmVyGA8gASgJEhMKC2Rlc2NyaXB0aW9uGBAgASgJEjQKBHRhZ3MYESADKAsyJi5mc3RvcmUudjEuU3RyZWFtQWdncmVnYXRpb24uVGFnc0VudHJ5Ei4KCnVwZGF0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGisKCVRhZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlcKEkFwcGx5RW50aXR5UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEiEKBmVudGl0eRgCIAEoCzIRLmZzdG9yZS52MS5FbnRpdHkSDQoFZm9yY2UYAyABKAgiYgoTQXBwbHlFbnRpdHlSZXNwb25zZRIhCgZlbnRpdHkYASABKAsyES5mc3RvcmUudjEuRW50aXR5EigKB291dGNvbWUYAiABKA4yFy5mc3RvcmUudjEuQXBwbHlPdXRjb21lIjEKEEdldEVudGl0eVJlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIMCgRuYW1lGAIgASgJIjYKEUdldEVudGl0eVJlc3BvbnNlEiEKBmVudGl0eRgBIAEoCzIRLmZzdG9yZS52MS5FbnRpdHkiJgoTTGlzdEVudGl0aWVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJIjsKFExpc3RFbnRpdGllc1Jlc3BvbnNlEiMKCGVudGl0aWVzGAEgAygLMhEuZnN0b3JlLnYxLkVudGl0eSI0ChNEZWxldGVFbnRpdHlSZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkSDAoEbmFtZRgCIAEoCSIWChREZWxldGVFbnRpdHlSZXNwb25zZSJnChdBcHBseUZlYXR1cmVWaWV3UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEiwKDGZlYXR1cmVfdmlldxgCIAEoCzIWLmZzdG9yZS52MS5GZWF0dXJlVmlldxINCgVmb3JjZRgDIAEoCCJyChhBcHBseUZlYXR1cmVWaWV3UmVzcG9uc2USLAoMZmVhdHVyZV92aWV3GAEgASgLMhYuZnN0b3JlLnYxLkZlYXR1cmVWaWV3EigKB291dGNvbWUYAiABKA4yFy5mc3RvcmUudjEuQXBwbHlPdXRjb21lIkcKFUdldEZlYXR1cmVWaWV3UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEgwKBG5hbWUYAiABKAkSDwoHdmVyc2lvbhgDIAEoDSJGChZHZXRGZWF0dXJlVmlld1Jlc3BvbnNlEiwKDGZlYXR1cmVfdmlldxgBIAEoCzIWLmZzdG9yZS52MS5GZWF0dXJlVmlldyIqChdMaXN0RmVhdHVyZVZpZXdzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJIkkKGExpc3RGZWF0dXJlVmlld3NSZXNwb25zZRItCg1mZWF0dXJlX3ZpZXdzGAEgAygLMhYuZnN0b3JlLnYxLkZlYXR1cmVWaWV3Ij8KHkxpc3RGZWF0dXJlVmlld1ZlcnNpb25zUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEgwKBG5hbWUYAiABKAkiSwofTGlzdEZlYXR1cmVWaWV3VmVyc2lvbnNSZXNwb25zZRIoCgh2ZXJzaW9ucxgBIAMoCzIWLmZzdG9yZS52MS5GZWF0dXJlVmlldyI5ChhEZWxldGVGZWF0dXJlVmlld1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIMCgRuYW1lGAIgASgJIhsKGURlbGV0ZUZlYXR1cmVWaWV3UmVzcG9uc2UiVQoWQXBwbHlGZWF0dXJlU2V0UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEioKC2ZlYXR1cmVfc2V0GAIgASgLMhUuZnN0b3JlLnYxLkZlYXR1cmVTZXQibwoXQXBwbHlGZWF0dXJlU2V0UmVzcG9uc2USKgoLZmVhdHVyZV9zZXQYASABKAsyFS5mc3RvcmUudjEuRmVhdHVyZVNldBIoCgdvdXRjb21lGAIgASgOMhcuZnN0b3JlLnYxLkFwcGx5T3V0Y29tZSI1ChRHZXRGZWF0dXJlU2V0UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEgwKBG5hbWUYAiABKAkiQwoVR2V0RmVhdHVyZVNldFJlc3BvbnNlEioKC2ZlYXR1cmVfc2V0GAEgASgLMhUuZnN0b3JlLnYxLkZlYXR1cmVTZXQiKQoWTGlzdEZlYXR1cmVTZXRzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJIkYKF0xpc3RGZWF0dXJlU2V0c1Jlc3BvbnNlEisKDGZlYXR1cmVfc2V0cxgBIAMoCzIVLmZzdG9yZS52MS5GZWF0dXJlU2V0IjgKF0RlbGV0ZUZlYXR1cmVTZXRSZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkSDAoEbmFtZRgCIAEoCSIaChhEZWxldGVGZWF0dXJlU2V0UmVzcG9uc2UieQodQXBwbHlTdHJlYW1BZ2dyZWdhdGlvblJlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRI4ChJzdHJlYW1fYWdncmVnYXRpb24YAiABKAsyHC5mc3RvcmUudjEuU3RyZWFtQWdncmVnYXRpb24SDQoFZm9yY2UYAyABKAgisgEKHkFwcGx5U3RyZWFtQWdncmVnYXRpb25SZXNwb25zZRI4ChJzdHJlYW1fYWdncmVnYXRpb24YASABKAsyHC5mc3RvcmUudjEuU3RyZWFtQWdncmVnYXRpb24SLAoMZmVhdHVyZV92aWV3GAIgASgLMhYuZnN0b3JlLnYxLkZlYXR1cmVWaWV3EigKB291dGNvbWUYAyABKA4yFy5mc3RvcmUudjEuQXBwbHlPdXRjb21lIjwKG0dldFN0cmVhbUFnZ3JlZ2F0aW9uUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEgwKBG5hbWUYAiABKAkiWAocR2V0U3RyZWFtQWdncmVnYXRpb25SZXNwb25zZRI4ChJzdHJlYW1fYWdncmVnYXRpb24YASABKAsyHC5mc3RvcmUudjEuU3RyZWFtQWdncmVnYXRpb24iMAodTGlzdFN0cmVhbUFnZ3JlZ2F0aW9uc1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCSJbCh5MaXN0U3RyZWFtQWdncmVnYXRpb25zUmVzcG9uc2USOQoTc3RyZWFtX2FnZ3JlZ2F0aW9ucxgBIAMoCzIcLmZzdG9yZS52MS5TdHJlYW1BZ2dyZWdhdGlvbiI/Ch5EZWxldGVTdHJlYW1BZ2dyZWdhdGlvblJlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIMCgRuYW1lGAIgASgJIiEKH0RlbGV0ZVN0cmVhbUFnZ3JlZ2F0aW9uUmVzcG9uc2UiFQoTTGlzdFByb2plY3RzUmVxdWVzdCIoChRMaXN0UHJvamVjdHNSZXNwb25zZRIQCghwcm9qZWN0cxgBIAMoCSqVAQoRRmVhdHVyZVZpZXdTb3VyY2USIwofRkVBVFVSRV9WSUVXX1NPVVJDRV9VTlNQRUNJRklFRBAAEh0KGUZFQVRVUkVfVklFV19TT1VSQ0VfQkFUQ0gQARIcChhGRUFUVVJFX1ZJRVdfU09VUkNFX1BVU0gQAhIeChpGRUFUVVJFX1ZJRVdfU09VUkNFX1NUUkVBTRADKmgKDlN0cmVhbUVuY29kaW5nEh8KG1NUUkVBTV9FTkNPRElOR19VTlNQRUNJRklFRBAAEhgKFFNUUkVBTV9FTkNPRElOR19KU09OEAESGwoXU1RSRUFNX0VOQ09ESU5HX01TR1BBQ0sQAiq0AQoNRXZlbnRUaW1lVW5pdBIfChtFVkVOVF9USU1FX1VOSVRfVU5TUEVDSUZJRUQQABIgChxFVkVOVF9USU1FX1VOSVRfRVBPQ0hfTUlDUk9TEAESIAocRVZFTlRfVElNRV9VTklUX0VQT0NIX01JTExJUxACEiEKHUVWRU5UX1RJTUVfVU5JVF9FUE9DSF9TRUNPTkRTEAMSGwoXRVZFTlRfVElNRV9VTklUX0lTTzg2MDEQBCrnAgoTQWdncmVnYXRpb25GdW5jdGlvbhIkCiBBR0dSRUdBVElPTl9GVU5DVElPTl9VTlNQRUNJRklFRBAAEh4KGkFHR1JFR0FUSU9OX0ZVTkNUSU9OX0NPVU5UEAESHAoYQUdHUkVHQVRJT05fRlVOQ1RJT05fU1VNEAISHQoZQUdHUkVHQVRJT05fRlVOQ1RJT05fTUVBThADEhwKGEFHR1JFR0FUSU9OX0ZVTkNUSU9OX01JThAEEhwKGEFHR1JFR0FUSU9OX0ZVTkNUSU9OX01BWBAFEiMKH0FHR1JFR0FUSU9OX0ZVTkNUSU9OX1NURERFVl9QT1AQBhIkCiBBR0dSRUdBVElPTl9GVU5DVElPTl9TVERERVZfU0FNUBAHEh0KGUFHR1JFR0FUSU9OX0ZVTkNUSU9OX0xBU1QQCBInCiNBR0dSRUdBVElPTl9GVU5DVElPTl9ESVNUSU5DVF9DT1VOVBAJKoABCgxBcHBseU91dGNvbWUSHQoZQVBQTFlfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhkKFUFQUExZX09VVENPTUVfQ1JFQVRFRBABEhsKF0FQUExZX09VVENPTUVfVU5DSEFOR0VEEAISGQoVQVBQTFlfT1VUQ09NRV9VUERBVEVEEAMymw0KD1JlZ2lzdHJ5U2VydmljZRJMCgtBcHBseUVudGl0eRIdLmZzdG9yZS52MS5BcHBseUVudGl0eVJlcXVlc3QaHi5mc3RvcmUudjEuQXBwbHlFbnRpdHlSZXNwb25zZRJGCglHZXRFbnRpdHkSGy5mc3RvcmUudjEuR2V0RW50aXR5UmVxdWVzdBocLmZzdG9yZS52MS5HZXRFbnRpdHlSZXNwb25zZRJPCgxMaXN0RW50aXRpZXMSHi5mc3RvcmUudjEuTGlzdEVudGl0aWVzUmVxdWVzdBofLmZzdG9yZS52MS5MaXN0RW50aXRpZXNSZXNwb25zZRJPCgxEZWxldGVFbnRpdHkSHi5mc3RvcmUudjEuRGVsZXRlRW50aXR5UmVxdWVzdBofLmZzdG9yZS52MS5EZWxldGVFbnRpdHlSZXNwb25zZRJbChBBcHBseUZlYXR1cmVWaWV3EiIuZnN0b3JlLnYxLkFwcGx5RmVhdHVyZVZpZXdSZXF1ZXN0GiMuZnN0b3JlLnYxLkFwcGx5RmVhdHVyZVZpZXdSZXNwb25zZRJVCg5HZXRGZWF0dXJlVmlldxIgLmZzdG9yZS52MS5HZXRGZWF0dXJlVmlld1JlcXVlc3QaIS5mc3RvcmUudjEuR2V0RmVhdHVyZVZpZXdSZXNwb25zZRJbChBMaXN0RmVhdHVyZVZpZXdzEiIuZnN0b3JlLnYxLkxpc3RGZWF0dXJlVmlld3NSZXF1ZXN0GiMuZnN0b3JlLnYxLkxpc3RGZWF0dXJlVmlld3NSZXNwb25zZRJwChdMaXN0RmVhdHVyZVZpZXdWZXJzaW9ucxIpLmZzdG9yZS52MS5MaXN0RmVhdHVyZVZpZXdWZXJzaW9uc1JlcXVlc3QaKi5mc3RvcmUudjEuTGlzdEZlYXR1cmVWaWV3VmVyc2lvbnNSZXNwb25zZRJeChFEZWxldGVGZWF0dXJlVmlldxIjLmZzdG9yZS52MS5EZWxldGVGZWF0dXJlVmlld1JlcXVlc3QaJC5mc3RvcmUudjEuRGVsZXRlRmVhdHVyZVZpZXdSZXNwb25zZRJYCg9BcHBseUZlYXR1cmVTZXQSIS5mc3RvcmUudjEuQXBwbHlGZWF0dXJlU2V0UmVxdWVzdBoiLmZzdG9yZS52MS5BcHBseUZlYXR1cmVTZXRSZXNwb25zZRJSCg1HZXRGZWF0dXJlU2V0Eh8uZnN0b3JlLnYxLkdldEZlYXR1cmVTZXRSZXF1ZXN0GiAuZnN0b3JlLnYxLkdldEZlYXR1cmVTZXRSZXNwb25zZRJYCg9MaXN0RmVhdHVyZVNldHMSIS5mc3RvcmUudjEuTGlzdEZlYXR1cmVTZXRzUmVxdWVzdBoiLmZzdG9yZS52MS5MaXN0RmVhdHVyZVNldHNSZXNwb25zZRJbChBEZWxldGVGZWF0dXJlU2V0EiIuZnN0b3JlLnYxLkRlbGV0ZUZlYXR1cmVTZXRSZXF1ZXN0GiMuZnN0b3JlLnYxLkRlbGV0ZUZlYXR1cmVTZXRSZXNwb25zZRJtChZBcHBseVN0cmVhbUFnZ3JlZ2F0aW9uEiguZnN0b3JlLnYxLkFwcGx5U3RyZWFtQWdncmVnYXRpb25SZXF1ZXN0GikuZnN0b3JlLnYxLkFwcGx5U3RyZWFtQWdncmVnYXRpb25SZXNwb25zZRJnChRHZXRTdHJlYW1BZ2dyZWdhdGlvbhImLmZzdG9yZS52MS5HZXRTdHJlYW1BZ2dyZWdhdGlvblJlcXVlc3QaJy5mc3RvcmUudjEuR2V0U3RyZWFtQWdncmVnYXRpb25SZXNwb25zZRJtChZMaXN0U3RyZWFtQWdncmVnYXRpb25zEiguZnN0b3JlLnYxLkxpc3RTdHJlYW1BZ2dyZWdhdGlvbnNSZXF1ZXN0GikuZnN0b3JlLnYxLkxpc3RTdHJlYW1BZ2dyZWdhdGlvbnNSZXNwb25zZRJwChdEZWxldGVTdHJlYW1BZ2dyZWdhdGlvbhIpLmZzdG9yZS52MS5EZWxldGVTdHJlYW1BZ2dyZWdhdGlvblJlcXVlc3QaKi5mc3RvcmUudjEuRGVsZXRlU3RyZWFtQWdncmVnYXRpb25SZXNwb25zZRJPCgxMaXN0UHJvamVjdHMSHi5mc3RvcmUudjEuTGlzdFByb2plY3RzUmVxdWVzdBofLmZzdG9yZS52MS5MaXN0UHJvamVjdHNSZXNwb25zZWIGcHJvdG8z", [file_fstore_v1_values, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A join key of an entity.
@@ -262,6 +262,187 @@ export const FeatureSetSchema: GenMessage<FeatureSet> = /*@__PURE__*/
   messageDesc(file_fstore_v1_registry, 4);
 
 /**
+ * One aggregation of a stream aggregation: one feature of the produced view.
+ *
+ * @generated from message fstore.v1.Aggregation
+ */
+export type Aggregation = Message<"fstore.v1.Aggregation"> & {
+  /**
+   * The produced feature's name; unique within the stream aggregation.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: fstore.v1.AggregationFunction function = 2;
+   */
+  function: AggregationFunction;
+
+  /**
+   * The event field aggregated; required by every function but COUNT, which counts events when
+   * it is empty and non-null values of the field otherwise.
+   *
+   * @generated from field: string field = 3;
+   */
+  field: string;
+
+  /**
+   * Window length; whole microseconds, at least 1 µs, at most ten years.
+   *
+   * @generated from field: google.protobuf.Duration window_size = 4;
+   */
+  windowSize?: Duration | undefined;
+
+  /**
+   * Distance between window starts; whole microseconds, divides `window_size` (equal: tumbling).
+   *
+   * @generated from field: google.protobuf.Duration slide = 5;
+   */
+  slide?: Duration | undefined;
+};
+
+/**
+ * Describes the message fstore.v1.Aggregation.
+ * Use `create(AggregationSchema)` to create a new message.
+ */
+export const AggregationSchema: GenMessage<Aggregation> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_registry, 5);
+
+/**
+ * Sliding-window aggregations of the events of a topic, keyed by entities, producing a feature
+ * view of the same name (DESIGN §3, §4). A definition only: the stream consumer runs it.
+ *
+ * @generated from message fstore.v1.StreamAggregation
+ */
+export type StreamAggregation = Message<"fstore.v1.StreamAggregation"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The source topic; 1 to 249 characters of [A-Za-z0-9._-].
+   *
+   * @generated from field: string topic = 2;
+   */
+  topic: string;
+
+  /**
+   * @generated from field: fstore.v1.StreamEncoding encoding = 3;
+   */
+  encoding: StreamEncoding;
+
+  /**
+   * The event fields holding the key, one per join key of `entities`, in the same order.
+   *
+   * @generated from field: repeated string key_fields = 4;
+   */
+  keyFields: string[];
+
+  /**
+   * Names of the entities that key the produced view, in key order; 1 to 4.
+   *
+   * @generated from field: repeated string entities = 5;
+   */
+  entities: string[];
+
+  /**
+   * The event field holding the event time.
+   *
+   * @generated from field: string event_time_field = 6;
+   */
+  eventTimeField: string;
+
+  /**
+   * @generated from field: fstore.v1.EventTimeUnit event_time_unit = 7;
+   */
+  eventTimeUnit: EventTimeUnit;
+
+  /**
+   * Watermark bound B: how far event times may run behind the greatest one seen on a partition.
+   * Whole microseconds, 0 to ten years; unset is 0.
+   *
+   * @generated from field: google.protobuf.Duration watermark_bound = 8;
+   */
+  watermarkBound?: Duration | undefined;
+
+  /**
+   * How long after the watermark passes a window's end its events are still applied (and the
+   * window re-emitted). Whole microseconds, 0 to ten years; unset is 0.
+   *
+   * @generated from field: google.protobuf.Duration allowed_lateness = 9;
+   */
+  allowedLateness?: Duration | undefined;
+
+  /**
+   * Processing time after which a partition without records stops holding the watermark back.
+   * Whole milliseconds, at least 1 ms; unset is one minute.
+   *
+   * @generated from field: google.protobuf.Duration idle_timeout = 10;
+   */
+  idleTimeout?: Duration | undefined;
+
+  /**
+   * 1 to 100 aggregations, one feature each.
+   *
+   * @generated from field: repeated fstore.v1.Aggregation aggregations = 11;
+   */
+  aggregations: Aggregation[];
+
+  /**
+   * Emit the first empty window after a non-empty one (count 0, other results null), so online
+   * values fall back when a key goes quiet instead of lasting until `ttl`.
+   *
+   * @generated from field: bool emit_following_empty_window = 12;
+   */
+  emitFollowingEmptyWindow: boolean;
+
+  /**
+   * The produced view's ttl, as FeatureView.ttl: whole milliseconds, zero or unset for none.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 13;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * Whether the produced view is served online.
+   *
+   * @generated from field: bool online = 14;
+   */
+  online: boolean;
+
+  /**
+   * @generated from field: string owner = 15;
+   */
+  owner: string;
+
+  /**
+   * @generated from field: string description = 16;
+   */
+  description: string;
+
+  /**
+   * @generated from field: map<string, string> tags = 17;
+   */
+  tags: { [key: string]: string };
+
+  /**
+   * Set by the registry: when this definition was last changed.
+   *
+   * @generated from field: google.protobuf.Timestamp updated_at = 18;
+   */
+  updatedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message fstore.v1.StreamAggregation.
+ * Use `create(StreamAggregationSchema)` to create a new message.
+ */
+export const StreamAggregationSchema: GenMessage<StreamAggregation> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_registry, 6);
+
+/**
  * @generated from message fstore.v1.ApplyEntityRequest
  */
 export type ApplyEntityRequest = Message<"fstore.v1.ApplyEntityRequest"> & {
@@ -288,7 +469,7 @@ export type ApplyEntityRequest = Message<"fstore.v1.ApplyEntityRequest"> & {
  * Use `create(ApplyEntityRequestSchema)` to create a new message.
  */
 export const ApplyEntityRequestSchema: GenMessage<ApplyEntityRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 5);
+  messageDesc(file_fstore_v1_registry, 7);
 
 /**
  * @generated from message fstore.v1.ApplyEntityResponse
@@ -310,7 +491,7 @@ export type ApplyEntityResponse = Message<"fstore.v1.ApplyEntityResponse"> & {
  * Use `create(ApplyEntityResponseSchema)` to create a new message.
  */
 export const ApplyEntityResponseSchema: GenMessage<ApplyEntityResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 6);
+  messageDesc(file_fstore_v1_registry, 8);
 
 /**
  * @generated from message fstore.v1.GetEntityRequest
@@ -332,7 +513,7 @@ export type GetEntityRequest = Message<"fstore.v1.GetEntityRequest"> & {
  * Use `create(GetEntityRequestSchema)` to create a new message.
  */
 export const GetEntityRequestSchema: GenMessage<GetEntityRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 7);
+  messageDesc(file_fstore_v1_registry, 9);
 
 /**
  * @generated from message fstore.v1.GetEntityResponse
@@ -349,7 +530,7 @@ export type GetEntityResponse = Message<"fstore.v1.GetEntityResponse"> & {
  * Use `create(GetEntityResponseSchema)` to create a new message.
  */
 export const GetEntityResponseSchema: GenMessage<GetEntityResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 8);
+  messageDesc(file_fstore_v1_registry, 10);
 
 /**
  * @generated from message fstore.v1.ListEntitiesRequest
@@ -366,7 +547,7 @@ export type ListEntitiesRequest = Message<"fstore.v1.ListEntitiesRequest"> & {
  * Use `create(ListEntitiesRequestSchema)` to create a new message.
  */
 export const ListEntitiesRequestSchema: GenMessage<ListEntitiesRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 9);
+  messageDesc(file_fstore_v1_registry, 11);
 
 /**
  * @generated from message fstore.v1.ListEntitiesResponse
@@ -383,7 +564,7 @@ export type ListEntitiesResponse = Message<"fstore.v1.ListEntitiesResponse"> & {
  * Use `create(ListEntitiesResponseSchema)` to create a new message.
  */
 export const ListEntitiesResponseSchema: GenMessage<ListEntitiesResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 10);
+  messageDesc(file_fstore_v1_registry, 12);
 
 /**
  * @generated from message fstore.v1.DeleteEntityRequest
@@ -405,7 +586,7 @@ export type DeleteEntityRequest = Message<"fstore.v1.DeleteEntityRequest"> & {
  * Use `create(DeleteEntityRequestSchema)` to create a new message.
  */
 export const DeleteEntityRequestSchema: GenMessage<DeleteEntityRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 11);
+  messageDesc(file_fstore_v1_registry, 13);
 
 /**
  * @generated from message fstore.v1.DeleteEntityResponse
@@ -418,7 +599,7 @@ export type DeleteEntityResponse = Message<"fstore.v1.DeleteEntityResponse"> & {
  * Use `create(DeleteEntityResponseSchema)` to create a new message.
  */
 export const DeleteEntityResponseSchema: GenMessage<DeleteEntityResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 12);
+  messageDesc(file_fstore_v1_registry, 14);
 
 /**
  * @generated from message fstore.v1.ApplyFeatureViewRequest
@@ -449,7 +630,7 @@ export type ApplyFeatureViewRequest = Message<"fstore.v1.ApplyFeatureViewRequest
  * Use `create(ApplyFeatureViewRequestSchema)` to create a new message.
  */
 export const ApplyFeatureViewRequestSchema: GenMessage<ApplyFeatureViewRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 13);
+  messageDesc(file_fstore_v1_registry, 15);
 
 /**
  * @generated from message fstore.v1.ApplyFeatureViewResponse
@@ -473,7 +654,7 @@ export type ApplyFeatureViewResponse = Message<"fstore.v1.ApplyFeatureViewRespon
  * Use `create(ApplyFeatureViewResponseSchema)` to create a new message.
  */
 export const ApplyFeatureViewResponseSchema: GenMessage<ApplyFeatureViewResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 14);
+  messageDesc(file_fstore_v1_registry, 16);
 
 /**
  * @generated from message fstore.v1.GetFeatureViewRequest
@@ -502,7 +683,7 @@ export type GetFeatureViewRequest = Message<"fstore.v1.GetFeatureViewRequest"> &
  * Use `create(GetFeatureViewRequestSchema)` to create a new message.
  */
 export const GetFeatureViewRequestSchema: GenMessage<GetFeatureViewRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 15);
+  messageDesc(file_fstore_v1_registry, 17);
 
 /**
  * @generated from message fstore.v1.GetFeatureViewResponse
@@ -519,7 +700,7 @@ export type GetFeatureViewResponse = Message<"fstore.v1.GetFeatureViewResponse">
  * Use `create(GetFeatureViewResponseSchema)` to create a new message.
  */
 export const GetFeatureViewResponseSchema: GenMessage<GetFeatureViewResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 16);
+  messageDesc(file_fstore_v1_registry, 18);
 
 /**
  * @generated from message fstore.v1.ListFeatureViewsRequest
@@ -536,7 +717,7 @@ export type ListFeatureViewsRequest = Message<"fstore.v1.ListFeatureViewsRequest
  * Use `create(ListFeatureViewsRequestSchema)` to create a new message.
  */
 export const ListFeatureViewsRequestSchema: GenMessage<ListFeatureViewsRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 17);
+  messageDesc(file_fstore_v1_registry, 19);
 
 /**
  * @generated from message fstore.v1.ListFeatureViewsResponse
@@ -553,7 +734,7 @@ export type ListFeatureViewsResponse = Message<"fstore.v1.ListFeatureViewsRespon
  * Use `create(ListFeatureViewsResponseSchema)` to create a new message.
  */
 export const ListFeatureViewsResponseSchema: GenMessage<ListFeatureViewsResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 18);
+  messageDesc(file_fstore_v1_registry, 20);
 
 /**
  * @generated from message fstore.v1.ListFeatureViewVersionsRequest
@@ -575,7 +756,7 @@ export type ListFeatureViewVersionsRequest = Message<"fstore.v1.ListFeatureViewV
  * Use `create(ListFeatureViewVersionsRequestSchema)` to create a new message.
  */
 export const ListFeatureViewVersionsRequestSchema: GenMessage<ListFeatureViewVersionsRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 19);
+  messageDesc(file_fstore_v1_registry, 21);
 
 /**
  * @generated from message fstore.v1.ListFeatureViewVersionsResponse
@@ -594,7 +775,7 @@ export type ListFeatureViewVersionsResponse = Message<"fstore.v1.ListFeatureView
  * Use `create(ListFeatureViewVersionsResponseSchema)` to create a new message.
  */
 export const ListFeatureViewVersionsResponseSchema: GenMessage<ListFeatureViewVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 20);
+  messageDesc(file_fstore_v1_registry, 22);
 
 /**
  * @generated from message fstore.v1.DeleteFeatureViewRequest
@@ -616,7 +797,7 @@ export type DeleteFeatureViewRequest = Message<"fstore.v1.DeleteFeatureViewReque
  * Use `create(DeleteFeatureViewRequestSchema)` to create a new message.
  */
 export const DeleteFeatureViewRequestSchema: GenMessage<DeleteFeatureViewRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 21);
+  messageDesc(file_fstore_v1_registry, 23);
 
 /**
  * @generated from message fstore.v1.DeleteFeatureViewResponse
@@ -629,7 +810,7 @@ export type DeleteFeatureViewResponse = Message<"fstore.v1.DeleteFeatureViewResp
  * Use `create(DeleteFeatureViewResponseSchema)` to create a new message.
  */
 export const DeleteFeatureViewResponseSchema: GenMessage<DeleteFeatureViewResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 22);
+  messageDesc(file_fstore_v1_registry, 24);
 
 /**
  * @generated from message fstore.v1.ApplyFeatureSetRequest
@@ -651,7 +832,7 @@ export type ApplyFeatureSetRequest = Message<"fstore.v1.ApplyFeatureSetRequest">
  * Use `create(ApplyFeatureSetRequestSchema)` to create a new message.
  */
 export const ApplyFeatureSetRequestSchema: GenMessage<ApplyFeatureSetRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 23);
+  messageDesc(file_fstore_v1_registry, 25);
 
 /**
  * @generated from message fstore.v1.ApplyFeatureSetResponse
@@ -673,7 +854,7 @@ export type ApplyFeatureSetResponse = Message<"fstore.v1.ApplyFeatureSetResponse
  * Use `create(ApplyFeatureSetResponseSchema)` to create a new message.
  */
 export const ApplyFeatureSetResponseSchema: GenMessage<ApplyFeatureSetResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 24);
+  messageDesc(file_fstore_v1_registry, 26);
 
 /**
  * @generated from message fstore.v1.GetFeatureSetRequest
@@ -695,7 +876,7 @@ export type GetFeatureSetRequest = Message<"fstore.v1.GetFeatureSetRequest"> & {
  * Use `create(GetFeatureSetRequestSchema)` to create a new message.
  */
 export const GetFeatureSetRequestSchema: GenMessage<GetFeatureSetRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 25);
+  messageDesc(file_fstore_v1_registry, 27);
 
 /**
  * @generated from message fstore.v1.GetFeatureSetResponse
@@ -712,7 +893,7 @@ export type GetFeatureSetResponse = Message<"fstore.v1.GetFeatureSetResponse"> &
  * Use `create(GetFeatureSetResponseSchema)` to create a new message.
  */
 export const GetFeatureSetResponseSchema: GenMessage<GetFeatureSetResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 26);
+  messageDesc(file_fstore_v1_registry, 28);
 
 /**
  * @generated from message fstore.v1.ListFeatureSetsRequest
@@ -729,7 +910,7 @@ export type ListFeatureSetsRequest = Message<"fstore.v1.ListFeatureSetsRequest">
  * Use `create(ListFeatureSetsRequestSchema)` to create a new message.
  */
 export const ListFeatureSetsRequestSchema: GenMessage<ListFeatureSetsRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 27);
+  messageDesc(file_fstore_v1_registry, 29);
 
 /**
  * @generated from message fstore.v1.ListFeatureSetsResponse
@@ -746,7 +927,7 @@ export type ListFeatureSetsResponse = Message<"fstore.v1.ListFeatureSetsResponse
  * Use `create(ListFeatureSetsResponseSchema)` to create a new message.
  */
 export const ListFeatureSetsResponseSchema: GenMessage<ListFeatureSetsResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 28);
+  messageDesc(file_fstore_v1_registry, 30);
 
 /**
  * @generated from message fstore.v1.DeleteFeatureSetRequest
@@ -768,7 +949,7 @@ export type DeleteFeatureSetRequest = Message<"fstore.v1.DeleteFeatureSetRequest
  * Use `create(DeleteFeatureSetRequestSchema)` to create a new message.
  */
 export const DeleteFeatureSetRequestSchema: GenMessage<DeleteFeatureSetRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 29);
+  messageDesc(file_fstore_v1_registry, 31);
 
 /**
  * @generated from message fstore.v1.DeleteFeatureSetResponse
@@ -781,7 +962,177 @@ export type DeleteFeatureSetResponse = Message<"fstore.v1.DeleteFeatureSetRespon
  * Use `create(DeleteFeatureSetResponseSchema)` to create a new message.
  */
 export const DeleteFeatureSetResponseSchema: GenMessage<DeleteFeatureSetResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 30);
+  messageDesc(file_fstore_v1_registry, 32);
+
+/**
+ * @generated from message fstore.v1.ApplyStreamAggregationRequest
+ */
+export type ApplyStreamAggregationRequest = Message<"fstore.v1.ApplyStreamAggregationRequest"> & {
+  /**
+   * @generated from field: string project = 1;
+   */
+  project: string;
+
+  /**
+   * `updated_at` is ignored.
+   *
+   * @generated from field: fstore.v1.StreamAggregation stream_aggregation = 2;
+   */
+  streamAggregation?: StreamAggregation | undefined;
+
+  /**
+   * Record an incompatible change of the produced view as a new version instead of refusing it.
+   *
+   * @generated from field: bool force = 3;
+   */
+  force: boolean;
+};
+
+/**
+ * Describes the message fstore.v1.ApplyStreamAggregationRequest.
+ * Use `create(ApplyStreamAggregationRequestSchema)` to create a new message.
+ */
+export const ApplyStreamAggregationRequestSchema: GenMessage<ApplyStreamAggregationRequest> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_registry, 33);
+
+/**
+ * @generated from message fstore.v1.ApplyStreamAggregationResponse
+ */
+export type ApplyStreamAggregationResponse = Message<"fstore.v1.ApplyStreamAggregationResponse"> & {
+  /**
+   * @generated from field: fstore.v1.StreamAggregation stream_aggregation = 1;
+   */
+  streamAggregation?: StreamAggregation | undefined;
+
+  /**
+   * The produced view's current version after the call.
+   *
+   * @generated from field: fstore.v1.FeatureView feature_view = 2;
+   */
+  featureView?: FeatureView | undefined;
+
+  /**
+   * UNCHANGED when neither the definition nor the produced view changed.
+   *
+   * @generated from field: fstore.v1.ApplyOutcome outcome = 3;
+   */
+  outcome: ApplyOutcome;
+};
+
+/**
+ * Describes the message fstore.v1.ApplyStreamAggregationResponse.
+ * Use `create(ApplyStreamAggregationResponseSchema)` to create a new message.
+ */
+export const ApplyStreamAggregationResponseSchema: GenMessage<ApplyStreamAggregationResponse> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_registry, 34);
+
+/**
+ * @generated from message fstore.v1.GetStreamAggregationRequest
+ */
+export type GetStreamAggregationRequest = Message<"fstore.v1.GetStreamAggregationRequest"> & {
+  /**
+   * @generated from field: string project = 1;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message fstore.v1.GetStreamAggregationRequest.
+ * Use `create(GetStreamAggregationRequestSchema)` to create a new message.
+ */
+export const GetStreamAggregationRequestSchema: GenMessage<GetStreamAggregationRequest> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_registry, 35);
+
+/**
+ * @generated from message fstore.v1.GetStreamAggregationResponse
+ */
+export type GetStreamAggregationResponse = Message<"fstore.v1.GetStreamAggregationResponse"> & {
+  /**
+   * @generated from field: fstore.v1.StreamAggregation stream_aggregation = 1;
+   */
+  streamAggregation?: StreamAggregation | undefined;
+};
+
+/**
+ * Describes the message fstore.v1.GetStreamAggregationResponse.
+ * Use `create(GetStreamAggregationResponseSchema)` to create a new message.
+ */
+export const GetStreamAggregationResponseSchema: GenMessage<GetStreamAggregationResponse> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_registry, 36);
+
+/**
+ * @generated from message fstore.v1.ListStreamAggregationsRequest
+ */
+export type ListStreamAggregationsRequest = Message<"fstore.v1.ListStreamAggregationsRequest"> & {
+  /**
+   * @generated from field: string project = 1;
+   */
+  project: string;
+};
+
+/**
+ * Describes the message fstore.v1.ListStreamAggregationsRequest.
+ * Use `create(ListStreamAggregationsRequestSchema)` to create a new message.
+ */
+export const ListStreamAggregationsRequestSchema: GenMessage<ListStreamAggregationsRequest> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_registry, 37);
+
+/**
+ * @generated from message fstore.v1.ListStreamAggregationsResponse
+ */
+export type ListStreamAggregationsResponse = Message<"fstore.v1.ListStreamAggregationsResponse"> & {
+  /**
+   * @generated from field: repeated fstore.v1.StreamAggregation stream_aggregations = 1;
+   */
+  streamAggregations: StreamAggregation[];
+};
+
+/**
+ * Describes the message fstore.v1.ListStreamAggregationsResponse.
+ * Use `create(ListStreamAggregationsResponseSchema)` to create a new message.
+ */
+export const ListStreamAggregationsResponseSchema: GenMessage<ListStreamAggregationsResponse> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_registry, 38);
+
+/**
+ * @generated from message fstore.v1.DeleteStreamAggregationRequest
+ */
+export type DeleteStreamAggregationRequest = Message<"fstore.v1.DeleteStreamAggregationRequest"> & {
+  /**
+   * @generated from field: string project = 1;
+   */
+  project: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message fstore.v1.DeleteStreamAggregationRequest.
+ * Use `create(DeleteStreamAggregationRequestSchema)` to create a new message.
+ */
+export const DeleteStreamAggregationRequestSchema: GenMessage<DeleteStreamAggregationRequest> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_registry, 39);
+
+/**
+ * @generated from message fstore.v1.DeleteStreamAggregationResponse
+ */
+export type DeleteStreamAggregationResponse = Message<"fstore.v1.DeleteStreamAggregationResponse"> & {
+};
+
+/**
+ * Describes the message fstore.v1.DeleteStreamAggregationResponse.
+ * Use `create(DeleteStreamAggregationResponseSchema)` to create a new message.
+ */
+export const DeleteStreamAggregationResponseSchema: GenMessage<DeleteStreamAggregationResponse> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_registry, 40);
 
 /**
  * @generated from message fstore.v1.ListProjectsRequest
@@ -794,7 +1145,7 @@ export type ListProjectsRequest = Message<"fstore.v1.ListProjectsRequest"> & {
  * Use `create(ListProjectsRequestSchema)` to create a new message.
  */
 export const ListProjectsRequestSchema: GenMessage<ListProjectsRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 31);
+  messageDesc(file_fstore_v1_registry, 41);
 
 /**
  * @generated from message fstore.v1.ListProjectsResponse
@@ -811,7 +1162,7 @@ export type ListProjectsResponse = Message<"fstore.v1.ListProjectsResponse"> & {
  * Use `create(ListProjectsResponseSchema)` to create a new message.
  */
 export const ListProjectsResponseSchema: GenMessage<ListProjectsResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 32);
+  messageDesc(file_fstore_v1_registry, 42);
 
 /**
  * Where a view's rows come from.
@@ -853,6 +1204,157 @@ export const FeatureViewSourceSchema: GenEnum<FeatureViewSource> = /*@__PURE__*/
   enumDesc(file_fstore_v1_registry, 0);
 
 /**
+ * How the events of a stream aggregation's topic are encoded: one event per record value.
+ *
+ * @generated from enum fstore.v1.StreamEncoding
+ */
+export enum StreamEncoding {
+  /**
+   * @generated from enum value: STREAM_ENCODING_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A JSON object per record.
+   *
+   * @generated from enum value: STREAM_ENCODING_JSON = 1;
+   */
+  JSON = 1,
+
+  /**
+   * A MessagePack map per record.
+   *
+   * @generated from enum value: STREAM_ENCODING_MSGPACK = 2;
+   */
+  MSGPACK = 2,
+}
+
+/**
+ * Describes the enum fstore.v1.StreamEncoding.
+ */
+export const StreamEncodingSchema: GenEnum<StreamEncoding> = /*@__PURE__*/
+  enumDesc(file_fstore_v1_registry, 1);
+
+/**
+ * How an event's time field is written.
+ *
+ * @generated from enum fstore.v1.EventTimeUnit
+ */
+export enum EventTimeUnit {
+  /**
+   * @generated from enum value: EVENT_TIME_UNIT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * An integer: microseconds since the Unix epoch.
+   *
+   * @generated from enum value: EVENT_TIME_UNIT_EPOCH_MICROS = 1;
+   */
+  EPOCH_MICROS = 1,
+
+  /**
+   * An integer: milliseconds since the Unix epoch.
+   *
+   * @generated from enum value: EVENT_TIME_UNIT_EPOCH_MILLIS = 2;
+   */
+  EPOCH_MILLIS = 2,
+
+  /**
+   * A number: seconds since the Unix epoch.
+   *
+   * @generated from enum value: EVENT_TIME_UNIT_EPOCH_SECONDS = 3;
+   */
+  EPOCH_SECONDS = 3,
+
+  /**
+   * A string: an ISO 8601 date-time with a time zone.
+   *
+   * @generated from enum value: EVENT_TIME_UNIT_ISO8601 = 4;
+   */
+  ISO8601 = 4,
+}
+
+/**
+ * Describes the enum fstore.v1.EventTimeUnit.
+ */
+export const EventTimeUnitSchema: GenEnum<EventTimeUnit> = /*@__PURE__*/
+  enumDesc(file_fstore_v1_registry, 2);
+
+/**
+ * The function of one aggregation over the events of a window.
+ *
+ * @generated from enum fstore.v1.AggregationFunction
+ */
+export enum AggregationFunction {
+  /**
+   * @generated from enum value: AGGREGATION_FUNCTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Events (no input field) or non-null values of the input field. int64.
+   *
+   * @generated from enum value: AGGREGATION_FUNCTION_COUNT = 1;
+   */
+  COUNT = 1,
+
+  /**
+   * @generated from enum value: AGGREGATION_FUNCTION_SUM = 2;
+   */
+  SUM = 2,
+
+  /**
+   * @generated from enum value: AGGREGATION_FUNCTION_MEAN = 3;
+   */
+  MEAN = 3,
+
+  /**
+   * @generated from enum value: AGGREGATION_FUNCTION_MIN = 4;
+   */
+  MIN = 4,
+
+  /**
+   * @generated from enum value: AGGREGATION_FUNCTION_MAX = 5;
+   */
+  MAX = 5,
+
+  /**
+   * Population standard deviation.
+   *
+   * @generated from enum value: AGGREGATION_FUNCTION_STDDEV_POP = 6;
+   */
+  STDDEV_POP = 6,
+
+  /**
+   * Sample standard deviation (null below two values).
+   *
+   * @generated from enum value: AGGREGATION_FUNCTION_STDDEV_SAMP = 7;
+   */
+  STDDEV_SAMP = 7,
+
+  /**
+   * The value of the latest event by event time.
+   *
+   * @generated from enum value: AGGREGATION_FUNCTION_LAST = 8;
+   */
+  LAST = 8,
+
+  /**
+   * Distinct non-null values of the input field. int64.
+   *
+   * @generated from enum value: AGGREGATION_FUNCTION_DISTINCT_COUNT = 9;
+   */
+  DISTINCT_COUNT = 9,
+}
+
+/**
+ * Describes the enum fstore.v1.AggregationFunction.
+ */
+export const AggregationFunctionSchema: GenEnum<AggregationFunction> = /*@__PURE__*/
+  enumDesc(file_fstore_v1_registry, 3);
+
+/**
  * What an Apply call did.
  *
  * @generated from enum fstore.v1.ApplyOutcome
@@ -887,10 +1389,11 @@ export enum ApplyOutcome {
  * Describes the enum fstore.v1.ApplyOutcome.
  */
 export const ApplyOutcomeSchema: GenEnum<ApplyOutcome> = /*@__PURE__*/
-  enumDesc(file_fstore_v1_registry, 1);
+  enumDesc(file_fstore_v1_registry, 4);
 
 /**
- * The registry: the definitions of entities, feature views and feature sets, per project.
+ * The registry: the definitions of entities, feature views, feature sets and stream aggregations,
+ * per project.
  *
  * Objects are declared, not edited: `Apply*` takes the whole desired definition and makes it so.
  * Applying an identical definition changes nothing. Names are 1 to 128 characters of
@@ -1025,6 +1528,52 @@ export const RegistryService: GenService<{
     methodKind: "unary";
     input: typeof DeleteFeatureSetRequestSchema;
     output: typeof DeleteFeatureSetResponseSchema;
+  },
+  /**
+   * Creates or replaces a stream aggregation and, in the same transaction, the feature view it
+   * produces: same name, source STREAM, the aggregation's entities, one feature per aggregation
+   * (COUNT and DISTINCT_COUNT int64, the others double). The view follows ApplyFeatureView's
+   * versioning rules: a compatible change (an added aggregation, ttl, metadata) records a new
+   * version, an incompatible one (a removed aggregation, changed entities) is refused with
+   * FAILED_PRECONDITION unless `force` is set. FAILED_PRECONDITION too when a feature view of that
+   * name exists that no stream aggregation produces. NOT_FOUND for an unknown entity.
+   *
+   * @generated from rpc fstore.v1.RegistryService.ApplyStreamAggregation
+   */
+  applyStreamAggregation: {
+    methodKind: "unary";
+    input: typeof ApplyStreamAggregationRequestSchema;
+    output: typeof ApplyStreamAggregationResponseSchema;
+  },
+  /**
+   * NOT_FOUND when the project or stream aggregation does not exist.
+   *
+   * @generated from rpc fstore.v1.RegistryService.GetStreamAggregation
+   */
+  getStreamAggregation: {
+    methodKind: "unary";
+    input: typeof GetStreamAggregationRequestSchema;
+    output: typeof GetStreamAggregationResponseSchema;
+  },
+  /**
+   * @generated from rpc fstore.v1.RegistryService.ListStreamAggregations
+   */
+  listStreamAggregations: {
+    methodKind: "unary";
+    input: typeof ListStreamAggregationsRequestSchema;
+    output: typeof ListStreamAggregationsResponseSchema;
+  },
+  /**
+   * Deletes the stream aggregation and the feature view it produces, with its version history, in
+   * one transaction. FAILED_PRECONDITION while a feature set uses the view. (The view itself cannot
+   * be deleted or applied through the feature view RPCs while its aggregation exists.)
+   *
+   * @generated from rpc fstore.v1.RegistryService.DeleteStreamAggregation
+   */
+  deleteStreamAggregation: {
+    methodKind: "unary";
+    input: typeof DeleteStreamAggregationRequestSchema;
+    output: typeof DeleteStreamAggregationResponseSchema;
   },
   /**
    * Every project that holds at least one object.

@@ -22,6 +22,15 @@ import {
   validateFeatureViewDefinition,
   validateName,
 } from '../../domain/registry-rules.js';
+import {
+  canonicalStreamAggregation,
+  isSameStreamAggregation,
+  producedFeatureView,
+  type StreamAggregation,
+  type StreamAggregationDefinition,
+  validateKeyFields,
+  validateStreamAggregationDefinition,
+} from '../../domain/stream-aggregation.js';
 import type { Registry, RegistrySnapshotData } from '../../ports/registry.js';
 import { runMigrations } from './migrate.js';
 import { type PostgresOptionsInput, resolvePostgresOptions } from './options.js';
@@ -29,7 +38,8 @@ import { createPostgresPool } from './pool.js';
 import { registryChannel, registryNotificationPayload, watchRegistryChanges } from './registry-watch.js';
 
 /**
- * The registry in PostgreSQL (tables in migrations/001_registry.sql). Every change runs in one
+ * The registry in PostgreSQL (tables in migrations/001_registry.sql, stream aggregation
+ * definitions in 002_stream_aggregations.sql). Every change runs in one
  * transaction that first takes an advisory lock on the object's (project, kind, name), so
  * concurrent applies of one object serialize, including the first one, which has no row to lock
  * yet. Objects an apply depends on (a view's entities, a set's views) are read FOR SHARE, and a
@@ -66,6 +76,95 @@ export async function createPostgresRegistry(input: PostgresOptionsInput): Promi
       registryChannel,
       registryNotificationPayload(options.schema, revision),
     ]);
+  };
+
+  /**
+   * The body of applyFeatureView, shared with applyStreamAggregation: runs in the caller's
+   * transaction, which holds the view's lock.
+   */
+  const applyViewIn = async (
+    client: PoolClient,
+    project: string,
+    view: FeatureViewDefinition,
+    force: boolean,
+    field = 'feature_view',
+  ): Promise<{ featureView: FeatureView; outcome: ApplyOutcome }> => {
+    // FOR SHARE: an entity cannot be deleted or re-keyed until this apply commits.
+    const entityRows = await client.query<EntityRow>(
+      `SELECT name, join_keys, description, updated_at FROM entities
+       WHERE project = $1 AND name = ANY($2::text[]) ORDER BY name COLLATE "C" FOR SHARE`,
+      [project, view.entities],
+    );
+    const entitiesByName = new Map(entityRows.rows.map((row) => [row.name, toEntity(row)]));
+    const joinKeys = resolveViewJoinKeys(view, entitiesByName, field);
+
+    const currentRows = await client.query<VersionRow>(
+      `${selectVersion} WHERE v.project = $1 AND v.name = $2 AND fv.version = v.current_version FOR UPDATE OF v`,
+      [project, view.name],
+    );
+    const currentRow = currentRows.rows[0];
+    if (!currentRow) {
+      const created = await client.query<{ id: number }>(
+        'INSERT INTO feature_views (project, name, current_version) VALUES ($1, $2, 1) RETURNING id',
+        [project, view.name],
+      );
+      const featureView = await insertVersion(client, firstRow(created.rows).id, 1, view, joinKeys);
+      await recordChange(client);
+      return { featureView: { ...featureView, project }, outcome: 'created' };
+    }
+    const current = toFeatureView(currentRow);
+    if (isSameFeatureView(current, view, joinKeys)) return { featureView: current, outcome: 'unchanged' };
+    const reasons = findIncompatibleChanges(current, view, joinKeys);
+    if (reasons.length > 0 && !force)
+      throw new FStoreError(
+        'failed_precondition',
+        `feature_view "${view.name}" change is incompatible: ${reasons.join('; ')}; apply with force to record it as a new version`,
+      );
+    const version = current.version + 1;
+    const featureView = await insertVersion(client, current.id, version, view, joinKeys);
+    await client.query('UPDATE feature_views SET current_version = $2 WHERE id = $1', [current.id, version]);
+    await recordChange(client);
+    return { featureView: { ...featureView, project }, outcome: 'updated' };
+  };
+
+  /** The body of deleteFeatureView, shared with deleteStreamAggregation. */
+  const deleteViewIn = async (client: PoolClient, project: string, name: string) => {
+    const current = await client.query(
+      'SELECT 1 FROM feature_views WHERE project = $1 AND name = $2 FOR UPDATE',
+      [project, name],
+    );
+    if (current.rowCount === 0) throw notFound(`project "${project}" has no feature view "${name}"`);
+    const users = await client.query<{ name: string }>(
+      `SELECT s.name FROM feature_sets s
+       WHERE s.project = $1
+         AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(s.features) AS reference
+                     WHERE split_part(reference, ':', 1) = $2)
+       ORDER BY s.name COLLATE "C"`,
+      [project, name],
+    );
+    const sets = users.rows.map((row) => row.name);
+    if (sets.length > 0)
+      throw new FStoreError(
+        'failed_precondition',
+        `feature view "${name}" is used by feature set${sets.length > 1 ? 's' : ''} ${quoteList(
+          sets,
+        )}; delete those sets or remove the view from them first`,
+      );
+    // Its versions go with it (ON DELETE CASCADE); its id is never handed out again.
+    await client.query('DELETE FROM feature_views WHERE project = $1 AND name = $2', [project, name]);
+  };
+
+  /** A produced view changes only with its stream aggregation. */
+  const refuseIfProduced = async (client: PoolClient, project: string, name: string, action: string) => {
+    const producer = await client.query(
+      'SELECT 1 FROM stream_aggregations WHERE project = $1 AND name = $2 FOR SHARE',
+      [project, name],
+    );
+    if ((producer.rowCount ?? 0) > 0)
+      throw new FStoreError(
+        'failed_precondition',
+        `feature view "${name}" is produced by stream aggregation "${name}"; ${action} the stream aggregation instead`,
+      );
   };
 
   const registry: Registry = {
@@ -158,45 +257,8 @@ export async function createPostgresRegistry(input: PostgresOptionsInput): Promi
       const view = featureViewDefinition(definition);
       return pool.transaction<{ featureView: FeatureView; outcome: ApplyOutcome }>(async (client) => {
         await lockObject(client, 'feature_view', project, view.name);
-        // FOR SHARE: an entity cannot be deleted or re-keyed until this apply commits.
-        const entityRows = await client.query<EntityRow>(
-          `SELECT name, join_keys, description, updated_at FROM entities
-           WHERE project = $1 AND name = ANY($2::text[]) ORDER BY name COLLATE "C" FOR SHARE`,
-          [project, view.entities],
-        );
-        const entitiesByName = new Map(entityRows.rows.map((row) => [row.name, toEntity(row)]));
-        const joinKeys = resolveViewJoinKeys(view, entitiesByName);
-
-        const currentRows = await client.query<VersionRow>(
-          `${selectVersion} WHERE v.project = $1 AND v.name = $2 AND fv.version = v.current_version FOR UPDATE OF v`,
-          [project, view.name],
-        );
-        const currentRow = currentRows.rows[0];
-        if (!currentRow) {
-          const created = await client.query<{ id: number }>(
-            'INSERT INTO feature_views (project, name, current_version) VALUES ($1, $2, 1) RETURNING id',
-            [project, view.name],
-          );
-          const featureView = await insertVersion(client, firstRow(created.rows).id, 1, view, joinKeys);
-          await recordChange(client);
-          return { featureView: { ...featureView, project }, outcome: 'created' };
-        }
-        const current = toFeatureView(currentRow);
-        if (isSameFeatureView(current, view, joinKeys)) return { featureView: current, outcome: 'unchanged' };
-        const reasons = findIncompatibleChanges(current, view, joinKeys);
-        if (reasons.length > 0 && !force)
-          throw new FStoreError(
-            'failed_precondition',
-            `feature_view "${view.name}" change is incompatible: ${reasons.join('; ')}; apply with force to record it as a new version`,
-          );
-        const version = current.version + 1;
-        const featureView = await insertVersion(client, current.id, version, view, joinKeys);
-        await client.query('UPDATE feature_views SET current_version = $2 WHERE id = $1', [
-          current.id,
-          version,
-        ]);
-        await recordChange(client);
-        return { featureView: { ...featureView, project }, outcome: 'updated' };
+        await refuseIfProduced(client, project, view.name, 'apply');
+        return applyViewIn(client, project, view, force);
       });
     },
 
@@ -246,29 +308,8 @@ export async function createPostgresRegistry(input: PostgresOptionsInput): Promi
     async deleteFeatureView(project, name) {
       await pool.transaction(async (client) => {
         await lockObject(client, 'feature_view', project, name);
-        const current = await client.query(
-          'SELECT 1 FROM feature_views WHERE project = $1 AND name = $2 FOR UPDATE',
-          [project, name],
-        );
-        if (current.rowCount === 0) throw notFound(`project "${project}" has no feature view "${name}"`);
-        const users = await client.query<{ name: string }>(
-          `SELECT s.name FROM feature_sets s
-           WHERE s.project = $1
-             AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(s.features) AS reference
-                         WHERE split_part(reference, ':', 1) = $2)
-           ORDER BY s.name COLLATE "C"`,
-          [project, name],
-        );
-        const sets = users.rows.map((row) => row.name);
-        if (sets.length > 0)
-          throw new FStoreError(
-            'failed_precondition',
-            `feature view "${name}" is used by feature set${sets.length > 1 ? 's' : ''} ${quoteList(
-              sets,
-            )}; delete those sets or remove the view from them first`,
-          );
-        // Its versions go with it (ON DELETE CASCADE); its id is never handed out again.
-        await client.query('DELETE FROM feature_views WHERE project = $1 AND name = $2', [project, name]);
+        await refuseIfProduced(client, project, name, 'delete');
+        await deleteViewIn(client, project, name);
         await recordChange(client);
       });
     },
@@ -366,6 +407,94 @@ export async function createPostgresRegistry(input: PostgresOptionsInput): Promi
       });
     },
 
+    async applyStreamAggregation(project, input, { force }) {
+      inProject(project);
+      validateStreamAggregationDefinition(input);
+      const definition = canonicalStreamAggregation(input);
+      return pool.transaction(async (client) => {
+        // The definition and its view share a name, so the view's lock serializes both.
+        await lockObject(client, 'feature_view', project, definition.name);
+        const currentRows = await client.query<StreamAggregationRow>(
+          'SELECT definition, updated_at FROM stream_aggregations WHERE project = $1 AND name = $2 FOR UPDATE',
+          [project, definition.name],
+        );
+        const currentRow = currentRows.rows[0];
+        if (!currentRow) {
+          const existing = await client.query(
+            'SELECT 1 FROM feature_views WHERE project = $1 AND name = $2',
+            [project, definition.name],
+          );
+          if ((existing.rowCount ?? 0) > 0)
+            throw new FStoreError(
+              'failed_precondition',
+              `stream_aggregation.name: feature view "${definition.name}" already exists and no stream aggregation produces it; delete it or choose another name`,
+            );
+        }
+        const applied = await applyViewIn(
+          client,
+          project,
+          producedFeatureView(definition),
+          force,
+          'stream_aggregation',
+        );
+        validateKeyFields(definition, applied.featureView.joinKeys);
+        if (currentRow && isSameStreamAggregation(currentRow.definition, definition))
+          return {
+            streamAggregation: toStreamAggregation(currentRow),
+            featureView: applied.featureView,
+            outcome: applied.outcome === 'unchanged' ? 'unchanged' : 'updated',
+          };
+        const written = await client.query<StreamAggregationRow>(
+          `INSERT INTO stream_aggregations (project, name, definition, updated_at)
+           VALUES ($1, $2, $3, now())
+           ON CONFLICT (project, name) DO UPDATE
+             SET definition = excluded.definition, updated_at = excluded.updated_at
+           RETURNING definition, updated_at`,
+          [project, definition.name, JSON.stringify(definition)],
+        );
+        // applyViewIn announced the change already unless the view stayed as it was.
+        if (applied.outcome === 'unchanged') await recordChange(client);
+        return {
+          streamAggregation: toStreamAggregation(firstRow(written.rows)),
+          featureView: applied.featureView,
+          outcome: currentRow ? 'updated' : 'created',
+        };
+      });
+    },
+
+    async getStreamAggregation(project, name) {
+      const result = await pool.query<StreamAggregationRow>(
+        'SELECT definition, updated_at FROM stream_aggregations WHERE project = $1 AND name = $2',
+        [project, name],
+      );
+      const row = result.rows[0];
+      if (!row) throw notFound(`project "${project}" has no stream aggregation "${name}"`);
+      return toStreamAggregation(row);
+    },
+
+    async listStreamAggregations(project) {
+      const result = await pool.query<StreamAggregationRow>(
+        'SELECT definition, updated_at FROM stream_aggregations WHERE project = $1 ORDER BY name COLLATE "C"',
+        [project],
+      );
+      return result.rows.map(toStreamAggregation);
+    },
+
+    async deleteStreamAggregation(project, name) {
+      await pool.transaction(async (client) => {
+        await lockObject(client, 'feature_view', project, name);
+        const deleted = await client.query(
+          'DELETE FROM stream_aggregations WHERE project = $1 AND name = $2',
+          [project, name],
+        );
+        if (deleted.rowCount === 0)
+          throw notFound(`project "${project}" has no stream aggregation "${name}"`);
+        // Refused (and the definition kept: the transaction rolls back) while a feature set uses it.
+        await deleteViewIn(client, project, name);
+        await recordChange(client);
+      });
+    },
+
     async listProjects() {
       const result = await pool.query<{ project: string }>(
         `SELECT project FROM (
@@ -435,6 +564,11 @@ interface VersionRow {
   definition: FeatureViewDefinition;
   join_keys: JoinKey[];
   created_at: Date;
+}
+
+interface StreamAggregationRow {
+  definition: StreamAggregationDefinition;
+  updated_at: Date;
 }
 
 interface FeatureSetRow {
@@ -523,6 +657,11 @@ const toFeatureView = (row: VersionRow): FeatureView => ({
   version: row.version,
   createdAt: row.created_at,
   joinKeys: row.join_keys,
+});
+
+const toStreamAggregation = (row: StreamAggregationRow): StreamAggregation => ({
+  ...canonicalStreamAggregation(row.definition),
+  updatedAt: row.updated_at,
 });
 
 const toFeatureSet = (row: FeatureSetRow): FeatureSet => ({
