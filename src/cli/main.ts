@@ -8,6 +8,7 @@ import { resolvePostgres, startServing } from '../app/serve.js';
 import { type Config, type ConfigKey, configDefaults, loadConfig } from '../config/config.js';
 import { FStoreError } from '../domain/errors.js';
 import { createClient } from '../grpc/client.js';
+import { applyFile } from './apply-file.js';
 import { parseTimestampMicros } from './ingest-csv.js';
 import { type FileFormat, fileFormats, ingestFile } from './ingest-file.js';
 
@@ -207,6 +208,28 @@ export function buildProgram(): Command {
         }
       },
     );
+  program
+    .command('apply')
+    .description(
+      'apply registry objects declared in a YAML file (Entity, FeatureView, FeatureSet, StreamAggregation)',
+    )
+    .requiredOption(
+      '--file <path>',
+      'YAML documents of kind, project, [force], spec (the object in protobuf JSON form)',
+    )
+    .option('--address <host:port>', 'fstore server', `localhost:${configDefaults.grpcPort}`)
+    .action(async (flags: { file: string; address: string }) => {
+      const registry = createClient(RegistryService, flags.address);
+      try {
+        for (const applied of await applyFile(registry, flags.file))
+          process.stdout.write(`${applied.kind} ${applied.name}: ${applied.outcome}\n`);
+      } catch (error) {
+        process.stderr.write(`fstore apply: ${error instanceof Error ? error.message : String(error)}\n`);
+        process.exitCode = 1;
+      } finally {
+        registry.close();
+      }
+    });
   program
     .command('materialize')
     .description('copy the latest offline row per entity of a time range to the online store')
