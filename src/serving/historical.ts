@@ -2,6 +2,7 @@ import type { Column } from '../domain/columns.js';
 import { zeroValue } from '../domain/columns.js';
 import { FStoreError, invalidArgument } from '../domain/errors.js';
 import type { FeatureValue, KeyType, KeyValue, ValueType } from '../domain/model.js';
+import { encodeOnlineKey } from '../domain/online-codec.js';
 import { pointInTimeStatus } from '../domain/point-in-time.js';
 import type { FeatureRowSegment, OfflineStore, TimeRange } from '../ports/offline-store.js';
 import {
@@ -478,9 +479,17 @@ function rankRows(block: Block, group: JoinKeyGroup): RankedRows {
   const rankOf = new Map<string | bigint, number>();
   const rowRanks = new Int32Array(rowCount);
   const single = columns.length === 1 ? (columns[0] as KeyValue[]) : undefined;
+  const parts = new Array<KeyValue>(columns.length);
   for (let row = 0; row < rowCount; row++) {
-    // One key: the value itself is the map key (strings and bigints never collide in a Map).
-    const key = single ? (single[row] as KeyValue) : compositeKey(columns, row);
+    // One key: the value itself is the map key (strings and bigints never collide in a Map);
+    // composite keys: the online store's key encoding, one-to-one for the group's key types.
+    let key: string | bigint;
+    if (single) key = single[row] as KeyValue;
+    else {
+      for (let part = 0; part < columns.length; part++)
+        parts[part] = (columns[part] as KeyValue[])[row] as KeyValue;
+      key = encodeOnlineKey(0, parts);
+    }
     let rank = rankOf.get(key);
     if (rank === undefined) {
       rank = rankOf.size;
@@ -525,17 +534,6 @@ function rankRows(block: Block, group: JoinKeyGroup): RankedRows {
     return values;
   });
   return { order, keyRanks, times: sortedTimes, rankStart, distinctKeys, maxTimes };
-}
-
-function compositeKey(columns: readonly KeyValue[][], row: number): string {
-  let key = '';
-  for (const column of columns) {
-    const value = column[row] as KeyValue;
-    // Length-prefixed parts: no separator can be forged by a key's content.
-    const text = typeof value === 'bigint' ? `i${value}` : `s${value}`;
-    key += `${text.length}:${text}`;
-  }
-  return key;
 }
 
 function outputChunk(
