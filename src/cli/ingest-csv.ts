@@ -2,6 +2,7 @@ import { createReadStream } from 'node:fs';
 import { parse } from 'csv-parse';
 import { listElementType } from '../domain/columns.js';
 import type { ValueType as DomainValueType, FeatureValue, ScalarValue } from '../domain/model.js';
+import { parseTimestampMicros } from '../domain/timestamps.js';
 import {
   cellError,
   type OpenRowSource,
@@ -15,23 +16,6 @@ import {
  * Times are ISO 8601 or integer microseconds since the epoch; an empty cell is null; lists are
  * JSON arrays; bytes are base64. Errors name the file's line (the header is line 1) and column.
  */
-
-const isoPattern = /^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,6}))?(Z|[+-]\d{2}:?\d{2})?$/;
-
-/** Microseconds since the epoch from integer micros or ISO 8601 (fraction kept to the microsecond). */
-export function parseTimestampMicros(text: string): number {
-  if (/^-?\d+$/.test(text)) {
-    const micros = Number(text);
-    if (!Number.isSafeInteger(micros)) throw new Error('is outside the representable range');
-    return micros;
-  }
-  const match = isoPattern.exec(text);
-  if (!match) throw new Error('is not integer microseconds or an ISO 8601 time');
-  const [, date, time, fraction = '', zone = 'Z'] = match;
-  const millis = Date.parse(`${date}T${time}${zone === 'Z' ? 'Z' : zone}`);
-  if (Number.isNaN(millis)) throw new Error('is not a valid time');
-  return millis * 1000 + Number(fraction.padEnd(6, '0'));
-}
 
 function parseScalar(type: DomainValueType, text: string): ScalarValue {
   switch (type) {

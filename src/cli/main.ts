@@ -1,15 +1,16 @@
 import cluster from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import { Command, Option } from 'commander';
-import { pino } from 'pino';
+import { type Logger, pino } from 'pino';
 import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
 import { resolvePostgres, startServing } from '../app/serve.js';
+import { startStreamRole } from '../app/stream.js';
 import { type Config, type ConfigKey, configDefaults, loadConfig } from '../config/config.js';
 import { FStoreError } from '../domain/errors.js';
+import { parseTimestampMicros } from '../domain/timestamps.js';
 import { createClient } from '../grpc/client.js';
 import { applyFile } from './apply-file.js';
-import { parseTimestampMicros } from './ingest-csv.js';
 import { type FileFormat, fileFormats, ingestFile } from './ingest-file.js';
 
 /** `fstore` — the command-line entry. Flags override FSTORE_* environment variables. */
@@ -57,6 +58,79 @@ const serveFlags: { flag: string; key: ConfigKey; description: string }[] = [
   },
 ];
 
+const streamFlags: { flag: string; key: ConfigKey; description: string }[] = [
+  {
+    flag: '--kafka-brokers <list>',
+    key: 'kafkaBrokers',
+    description: `Kafka bootstrap brokers host:port,... (FSTORE_KAFKA_BROKERS, default ${configDefaults.kafkaBrokers})`,
+  },
+  ...serveFlags.filter(({ key }) =>
+    ['redisUrl', 'redisClusterNodes', 'postgresUrl', 'logLevel'].includes(key),
+  ),
+  {
+    flag: '--checkpoint-interval-ms <ms>',
+    key: 'streamCheckpointIntervalMs',
+    description: `how often window state and offsets are checkpointed (FSTORE_STREAM_CHECKPOINT_INTERVAL_MS, default ${configDefaults.streamCheckpointIntervalMs})`,
+  },
+  {
+    flag: '--concurrency <n>',
+    key: 'streamConcurrency',
+    description: `partitions processed at once (FSTORE_STREAM_CONCURRENCY, default ${configDefaults.streamConcurrency})`,
+  },
+];
+
+/** The configuration from the environment and the command's flags (flags win). */
+function configFromFlags(
+  table: readonly { flag: string; key: ConfigKey }[],
+  flags: Record<string, string | undefined>,
+): Config {
+  const overrides: Partial<Record<ConfigKey, string>> = {};
+  for (const { flag, key } of table) {
+    const value = flags[new Option(flag).attributeName()];
+    if (value !== undefined) overrides[key] = value;
+  }
+  return loadConfig(process.env, overrides);
+}
+
+async function streamOneMember(config: Config, flags: Record<string, string | undefined>): Promise<void> {
+  const logger = pino({ level: config.logLevel, base: { pid: process.pid, role: 'stream' } });
+  const role = await startStreamRole(
+    config,
+    {
+      project: flags.project as string,
+      aggregation: flags.aggregation as string,
+      groupId: flags.group,
+      deadLetterTopic: flags.deadLetterTopic,
+      onFatal(error) {
+        logger.fatal({ err: error }, 'stream member cannot go on');
+        process.exit(1);
+      },
+    },
+    logger,
+  );
+  logger.info({ project: flags.project, aggregation: flags.aggregation }, 'stream member started');
+  stopOnSignals(logger, 'checkpointing every partition', () => role.stop());
+}
+
+/** On SIGTERM or SIGINT (once): logs `what`, runs `stop`, exits 0, or 1 when it failed. */
+function stopOnSignals(logger: Logger, what: string, stop: () => Promise<void>): void {
+  let stopping = false;
+  const onSignal = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, `shutting down: ${what}`);
+    stop().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        logger.error({ err: error }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+}
+
 function fail(error: unknown): never {
   const message =
     error instanceof FStoreError ? error.message : error instanceof Error ? error.message : String(error);
@@ -71,21 +145,7 @@ function processCount(config: Config): number {
 async function serveOneProcess(config: Config): Promise<void> {
   const logger = pino({ level: config.logLevel, base: { pid: process.pid, role: 'serve' } });
   const serving = await startServing(config, logger);
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ signal }, 'shutting down: draining in-flight calls');
-    serving.stop().then(
-      () => process.exit(0),
-      (error: unknown) => {
-        logger.error({ err: error }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  stopOnSignals(logger, 'draining in-flight calls', () => serving.stop());
 }
 
 /**
@@ -127,12 +187,7 @@ export function buildProgram(): Command {
   serve.action(async (flags: Record<string, string | undefined>) => {
     let config: Config;
     try {
-      const overrides: Partial<Record<ConfigKey, string>> = {};
-      for (const { flag, key } of serveFlags) {
-        const value = flags[new Option(flag).attributeName()];
-        if (value !== undefined) overrides[key] = value;
-      }
-      config = loadConfig(process.env, overrides);
+      config = configFromFlags(serveFlags, flags);
     } catch (error) {
       fail(error);
     }
@@ -230,6 +285,24 @@ export function buildProgram(): Command {
         registry.close();
       }
     });
+  const stream = program
+    .command('stream')
+    .description('run one consumer-group member computing a stream aggregation from Kafka')
+    .requiredOption('--project <project>', 'project')
+    .requiredOption('--aggregation <name>', 'stream aggregation')
+    .option('--group <id>', 'consumer group (default fstore.<project>.<aggregation>)')
+    .option(
+      '--dead-letter-topic <topic>',
+      'where malformed, invalid and late events go (default <topic>.dlq)',
+    );
+  for (const { flag, description } of streamFlags) stream.addOption(new Option(flag, description));
+  stream.action(async (flags: Record<string, string | undefined>) => {
+    try {
+      await streamOneMember(configFromFlags(streamFlags, flags), flags);
+    } catch (error) {
+      fail(error);
+    }
+  });
   program
     .command('materialize')
     .description('copy the latest offline row per entity of a time range to the online store')

@@ -26,6 +26,12 @@ export const configDefaults = {
   shutdownGraceMs: 10_000, // ten seconds of draining before in-flight calls are cut
   onlineExpiryGraceMs: 3_600_000, // keys outlive their ttl by one hour, so reads say OUTSIDE_MAX_AGE before NOT_FOUND
   healthCheckIntervalMs: 1_000, // how often store availability is probed for grpc.health.v1
+  kafkaBrokers: '127.0.0.1:9092',
+  streamCheckpointIntervalMs: 5_000, // window state and offsets are checkpointed together this often
+  streamConcurrency: 4, // partitions one stream member processes at once
+  streamFetchBytes: 1024 * 1024, // most bytes fetched per partition at once (bounds a batch)
+  streamSessionTimeoutMs: 10_000, // a member silent this long leaves the group (its partitions move)
+  streamStatsIntervalMs: 10_000, // how often the stream tier logs its figures
   logLevel: 'info',
 } as const;
 
@@ -70,6 +76,12 @@ const settings = {
   shutdownGraceMs: { env: 'FSTORE_SHUTDOWN_GRACE_MS', schema: integer(0, 600_000) },
   onlineExpiryGraceMs: { env: 'FSTORE_ONLINE_EXPIRY_GRACE_MS', schema: integer(0, 365 * 24 * 3_600_000) },
   healthCheckIntervalMs: { env: 'FSTORE_HEALTH_CHECK_INTERVAL_MS', schema: integer(100, 600_000) },
+  kafkaBrokers: { env: 'FSTORE_KAFKA_BROKERS', schema: z.string().regex(/^[^,\s]+(,[^,\s]+)*$/) },
+  streamCheckpointIntervalMs: { env: 'FSTORE_STREAM_CHECKPOINT_INTERVAL_MS', schema: integer(0, 3_600_000) },
+  streamConcurrency: { env: 'FSTORE_STREAM_CONCURRENCY', schema: integer(1, 1_000) },
+  streamFetchBytes: { env: 'FSTORE_STREAM_FETCH_BYTES', schema: integer(1024, 256 * 1024 * 1024) },
+  streamSessionTimeoutMs: { env: 'FSTORE_STREAM_SESSION_TIMEOUT_MS', schema: integer(6_000, 300_000) },
+  streamStatsIntervalMs: { env: 'FSTORE_STREAM_STATS_INTERVAL_MS', schema: integer(100, 3_600_000) },
   logLevel: {
     env: 'FSTORE_LOG_LEVEL',
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),

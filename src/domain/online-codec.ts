@@ -1,5 +1,5 @@
 import { Packr } from 'msgpackr';
-import type { FeatureDefinition, FeatureValue, KeyValue, ScalarValue, ValueType } from './model.js';
+import type { FeatureDefinition, FeatureValue, JoinKey, KeyValue, ScalarValue, ValueType } from './model.js';
 
 /**
  * The online layout, shared by every OnlineStore so they hold identical bytes.
@@ -33,6 +33,36 @@ export function encodeOnlineKey(viewId: number, keyValues: readonly KeyValue[]):
     key += typeof part === 'bigint' ? part.toString() : escapeKeyPart(part);
   }
   return key;
+}
+
+/**
+ * The inverse of `encodeOnlineKey` given the view's join keys: the key values, or undefined when
+ * `key` is not such a key.
+ */
+export function decodeOnlineKey(key: string, joinKeys: readonly JoinKey[]): KeyValue[] | undefined {
+  const colon = key.indexOf(':');
+  if (colon < 0) return undefined;
+  const parts: string[] = [];
+  let part = '';
+  for (let index = colon + 1; index < key.length; index++) {
+    const char = key[index]!;
+    if (char === '\\' && index + 1 < key.length) part += key[++index];
+    else if (char === '|') {
+      parts.push(part);
+      part = '';
+    } else part += char;
+  }
+  parts.push(part);
+  if (parts.length !== joinKeys.length) return undefined;
+  const values: KeyValue[] = [];
+  for (const [index, joinKey] of joinKeys.entries()) {
+    const text = parts[index]!;
+    if (joinKey.type === 'int64') {
+      if (!/^-?\d+$/.test(text)) return undefined;
+      values.push(BigInt(text));
+    } else values.push(text);
+  }
+  return values;
 }
 
 function toStoredValue(type: ValueType, value: FeatureValue): unknown {

@@ -107,6 +107,16 @@ export function validateStreamAggregationDefinition(
   ];
   const [problem] = problems;
   if (problem) throw problem;
+  // The produced view has one event time per row (a window end): every aggregation must have a
+  // window ending at each of them, so all share one slide (Tecton's aggregation_interval likewise).
+  const slide = definition.aggregations[0]!.slideMicros;
+  definition.aggregations.forEach((aggregation, index) => {
+    if (aggregation.slideMicros !== slide)
+      throw invalidArgument(
+        `${field}.aggregations[${index}].slide`,
+        `${aggregation.slideMicros} µs differs from aggregations[0].slide (${slide} µs): the aggregations of one stream aggregation share one slide, so each window end is one row of the produced view; define another stream aggregation for another slide`,
+      );
+  });
   if (definition.keyFields.length === 0)
     throw invalidArgument(`${field}.key_fields`, 'at least one is required');
   definition.keyFields.forEach((keyField, index) => {

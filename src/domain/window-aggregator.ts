@@ -114,6 +114,12 @@ export interface WindowEmission {
   readonly end: number;
   /** By aggregation name: the aggregations of this shape. */
   readonly results: Readonly<Record<string, AggregateValue>>;
+  /**
+   * By aggregation name: every aggregation whose shape has a window ending at `end` (all of them
+   * when the shapes share a slide), empty windows included — the feature row of (key, end). The
+   * emissions of one (key, end) share it.
+   */
+  readonly row: Readonly<Record<string, AggregateValue>>;
   /** `watermark`: the window fired; `late_event`: an allowed late event changed a fired window. */
   readonly trigger: 'watermark' | 'late_event';
 }
@@ -458,34 +464,65 @@ export function createWindowAggregator(
     return first !== undefined && first < end;
   }
 
-  /** The results of one window, or undefined when it is not emitted (empty, and not following a non-empty one). */
-  function windowResults(
-    state: KeyState,
-    plan: ShapePlan,
-    start: number,
-    end: number,
-  ): Record<string, AggregateValue> | undefined {
+  /** Whether the window [start, end) of a shape is emitted: it holds a tile, or follows one that does. */
+  function isEmitted(state: KeyState, plan: ShapePlan, start: number, end: number): boolean {
+    return (
+      hasTileIn(state, start, end) || (emitFollowing && hasTileIn(state, start - plan.slideMicros, start))
+    );
+  }
+
+  /**
+   * Every aggregation whose shape has a window ending at `end`, empty windows included (count 0,
+   * others null): what a feature row of the key at event time `end` holds.
+   */
+  function rowAt(state: KeyState, end: number): Record<string, AggregateValue> {
     const starts = state.starts;
-    let position = lowerBound(starts, start);
-    if (
-      !(position < starts.length && starts[position]! < end) &&
-      !(emitFollowing && hasTileIn(state, start - plan.slideMicros, start))
-    )
-      return undefined;
-    const merged: PartialAggregate[] = [];
-    for (const slot of plan.slots) merged[slot] = createPartialAggregate(slots[slot]!.kind);
-    for (; position < starts.length && starts[position]! < end; position++) {
-      const partials = state.partials[position]!;
-      for (const slot of plan.slots) merged[slot]!.merge(partials[slot]!);
+    const row: Record<string, AggregateValue> = {};
+    for (const plan of plans) {
+      const start = end - plan.sizeMicros;
+      if (floorMod(start, plan.slideMicros) !== 0) continue;
+      const merged: PartialAggregate[] = [];
+      for (const slot of plan.slots) merged[slot] = createPartialAggregate(slots[slot]!.kind);
+      for (
+        let position = lowerBound(starts, start);
+        position < starts.length && starts[position]! < end;
+        position++
+      ) {
+        const partials = state.partials[position]!;
+        for (const slot of plan.slots) merged[slot]!.merge(partials[slot]!);
+      }
+      for (const output of plan.outputs) row[output.name] = merged[output.slot]!.result(output.fn);
     }
-    const results: Record<string, AggregateValue> = {};
-    for (const output of plan.outputs) results[output.name] = merged[output.slot]!.result(output.fn);
-    return results;
+    return row;
+  }
+
+  /**
+   * Appends the emissions of a key's windows ending at `end` (of the shapes `only` lets through),
+   * in shape order; they share one row.
+   */
+  function emitAt(
+    out: WindowEmission[],
+    key: string,
+    state: KeyState,
+    end: number,
+    trigger: WindowEmission['trigger'],
+    only?: ReadonlySet<number>,
+  ): void {
+    let row: Record<string, AggregateValue> | undefined;
+    for (const [shape, plan] of plans.entries()) {
+      if (only && !only.has(shape)) continue;
+      const start = end - plan.sizeMicros;
+      if (floorMod(start, plan.slideMicros) !== 0 || !isEmitted(state, plan, start, end)) continue;
+      row ??= rowAt(state, end);
+      const results: Record<string, AggregateValue> = {};
+      for (const name of plan.aggregations) results[name] = row[name]!;
+      out.push({ key, shape, start, end, results, row, trigger });
+    }
   }
 
   /** The fired windows (end ≤ W) an applied event at `time` changed, in (end, shape) order. */
   function reemit(key: string, state: KeyState, time: number): readonly WindowEmission[] {
-    let emissions: WindowEmission[] | undefined;
+    let shapesByEnd: Map<number, Set<number>> | undefined;
     for (const [shape, plan] of plans.entries()) {
       const lastStart = alignDown(time, plan.slideMicros);
       const lastEnd = lastStart + plan.sizeMicros + (emitFollowing ? plan.slideMicros : 0);
@@ -494,15 +531,17 @@ export function createWindowAggregator(
         end <= lastEnd && end <= watermark;
         end += plan.slideMicros
       ) {
-        const start = end - plan.sizeMicros;
-        const results = windowResults(state, plan, start, end);
-        if (!results) continue;
-        emissions ??= [];
-        emissions.push({ key, shape, start, end, results, trigger: 'late_event' });
+        shapesByEnd ??= new Map();
+        const shapes = shapesByEnd.get(end);
+        if (shapes) shapes.add(shape);
+        else shapesByEnd.set(end, new Set([shape]));
       }
     }
-    if (!emissions) return noEmissions;
-    return emissions.sort((a, b) => a.end - b.end || a.shape - b.shape);
+    if (!shapesByEnd) return noEmissions;
+    const emissions: WindowEmission[] = [];
+    for (const end of [...shapesByEnd.keys()].sort((a, b) => a - b))
+      emitAt(emissions, key, state, end, 'late_event', shapesByEnd.get(end));
+    return emissions.length === 0 ? noEmissions : emissions;
   }
 
   function insertTile(state: KeyState, index: number, start: number, partials: PartialAggregate[]): void {
@@ -629,12 +668,7 @@ export function createWindowAggregator(
           const state = keys.get(key);
           // A timer the key has since brought forward, or of a key since dropped.
           if (state?.nextFire !== end) continue;
-          for (const [shape, plan] of plans.entries()) {
-            const start = end - plan.sizeMicros;
-            if (floorMod(start, plan.slideMicros) !== 0) continue;
-            const results = windowResults(state, plan, start, end);
-            if (results) emissions.push({ key, shape, start, end, results, trigger: 'watermark' });
-          }
+          emitAt(emissions, key, state, end, 'watermark');
           // Later than `end`: popped further on in this loop if it is ≤ W.
           state.nextFire = nextFireAfter(state, end);
           if (state.nextFire !== Number.POSITIVE_INFINITY) fireTimers.add(state.nextFire, key);

@@ -58,6 +58,39 @@ export interface EntityTimes {
   readonly times: readonly number[];
 }
 
+/** Whose stream checkpoint: one per (project, stream aggregation, topic, Kafka partition). */
+export interface StreamCheckpointScope {
+  readonly project: string;
+  readonly aggregation: string;
+  readonly topic: string;
+}
+
+export interface StoredStreamCheckpoint {
+  readonly partition: number;
+  /** Bumped by every commit; a commit names the generation it read (compare-and-set). */
+  readonly generation: number;
+  /** The checkpoint bytes (src/domain/stream-checkpoint.ts); opaque to the store. */
+  readonly state: Uint8Array;
+}
+
+export interface StreamBatchCommit {
+  readonly scope: StreamCheckpointScope;
+  readonly partition: number;
+  /** The generation the writer restored from; null: it started without a checkpoint. */
+  readonly expectedGeneration: number | null;
+  readonly state: Uint8Array;
+  /**
+   * Window results: each row REPLACES any stored row of the same view with the same keys and
+   * event time (an idempotent upsert keyed by (view, entity, window end)).
+   */
+  readonly rows: readonly OfflineRowBatch[];
+}
+
+export type StreamBatchCommitResult =
+  | { readonly committed: true; readonly generation: number }
+  /** Another writer committed this partition since `expectedGeneration`: nothing was written. */
+  | { readonly committed: false; readonly generation: number | null };
+
 export interface OfflineStore {
   /**
    * Makes the storage of a view version exist (tables, columns, partitions' parent): idempotent,
@@ -105,5 +138,23 @@ export interface OfflineStore {
   lastMaterializedEnd(viewId: number): Promise<number | undefined>;
   /** Records that the view was materialized up to `endMicros` (kept when later than the stored end). */
   recordMaterialized(viewId: number, range: TimeRange): Promise<void>;
+  /** The stored checkpoints of `scope` for the given partitions (absent: none stored). */
+  loadStreamCheckpoints(
+    scope: StreamCheckpointScope,
+    partitions: readonly number[],
+  ): Promise<Map<number, StoredStreamCheckpoint>>;
+  /**
+   * In ONE transaction: replaces the window rows and stores the checkpoint, provided the stored
+   * generation is still `expectedGeneration` (else nothing is written: a newer owner of the
+   * partition has committed). Rejects with 'unavailable' when PostgreSQL cannot be reached.
+   */
+  commitStreamBatch(commit: StreamBatchCommit): Promise<StreamBatchCommitResult>;
+  /**
+   * In ONE transaction: each row REPLACES any stored row of the same view with the same keys and
+   * event time (idempotent window results between checkpoints).
+   */
+  replaceRows(batches: readonly OfflineRowBatch[]): Promise<OfflineWriteResult>;
+  /** Forgets every checkpoint of the scope (the aggregation was deleted, or is to be recomputed). */
+  deleteStreamCheckpoints(scope: StreamCheckpointScope): Promise<number>;
   close(): Promise<void>;
 }

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ValueType } from '../../gen/fstore/v1/values_pb.js';
-import { parseTimestampMicros } from '../../src/cli/ingest-csv.js';
+import { parseTimestampMicros } from '../../src/domain/timestamps.js';
 import { randomName, requireEnvironment } from '../support/environment.js';
 import { startTestServer, type TestServer } from '../support/serving-harness.js';
 import { runCli } from './run-cli.js';

@@ -20,6 +20,7 @@ import {
   hyperLogLogStandardError,
   murmurHash3,
 } from '../../src/domain/hyperloglog.js';
+import { bruteForce as sharedBruteForce } from '../support/window-oracle.js';
 
 type Value = Exclude<EventValue, null | undefined>;
 interface Input {
@@ -32,43 +33,13 @@ const throughMsgpack = (data: unknown): unknown => packr.unpack(packr.pack(data)
 /** Registers as text: one string comparison instead of 4,096 deep-equality steps. */
 const hex = (bytes: Uint8Array): string => Buffer.from(bytes).toString('hex');
 
-/** Brute force over all inputs at once, straight from the definitions (two-pass deviation). */
+/** Brute force over all inputs at once: the shared oracle, inputs in arrival order. */
 function bruteForce(fn: AggregationFunction, inputs: readonly Input[]): AggregateValue {
-  const numbers = inputs.map(({ value }) => Number(value) + 0);
-  const n = numbers.length;
-  const sum = numbers.reduce((total, x) => total + x, 0);
-  switch (fn) {
-    case 'count':
-      return n;
-    case 'sum':
-      return n === 0 ? null : sum;
-    case 'mean':
-      return n === 0 ? null : sum / n;
-    case 'min':
-      return n === 0 ? null : Math.min(...numbers);
-    case 'max':
-      return n === 0 ? null : Math.max(...numbers);
-    case 'stddev_pop':
-    case 'stddev_samp': {
-      const divisor = fn === 'stddev_pop' ? n : n - 1;
-      if (divisor <= 0) return null;
-      const mean = sum / n;
-      return Math.sqrt(numbers.reduce((total, x) => total + (x - mean) ** 2, 0) / divisor);
-    }
-    case 'last': {
-      // Greatest time, then the latest arrival (index).
-      let best = -1;
-      for (const [i, input] of inputs.entries()) if (best < 0 || input.time >= inputs[best]!.time) best = i;
-      if (best < 0) return null;
-      const value = inputs[best]!.value;
-      return typeof value === 'number' ? value + 0 : value;
-    }
-    case 'distinct_count': {
-      const sketch = new HyperLogLog();
-      for (const { value } of inputs) sketch.add(value as DistinctValue);
-      return sketch.estimate();
-    }
-  }
+  return sharedBruteForce(
+    fn,
+    'x',
+    inputs.map(({ value, time }, arrival) => ({ key: 'k', time, fields: { x: value }, arrival })),
+  );
 }
 
 /** Exact where the function is exact; relative to the inputs' magnitude where rounding differs. */

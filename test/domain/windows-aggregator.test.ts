@@ -1,12 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  type AggregateValue,
-  type AggregationFunction,
-  aggregationFunctions,
-  type EventValue,
-} from '../../src/domain/aggregations.js';
-import { type DistinctValue, HyperLogLog } from '../../src/domain/hyperloglog.js';
+import { type AggregateValue, aggregationFunctions, type EventValue } from '../../src/domain/aggregations.js';
 import { decodeStreamCheckpoint, encodeStreamCheckpoint } from '../../src/domain/stream-checkpoint.js';
 import { createWatermarkTracker, type WatermarkTracker } from '../../src/domain/watermarks.js';
 import {
@@ -18,41 +12,18 @@ import {
   type WindowAggregator,
   type WindowEmission,
 } from '../../src/domain/window-aggregator.js';
+import { floorMod } from '../../src/domain/windows.js';
+import {
+  type AppliedEvent,
+  bruteForce,
+  floorDivide,
+  numericFunctions,
+  startsHolding,
+} from '../support/window-oracle.js';
 
 // ---------------------------------------------------------------------------------------------
 // The brute-force oracle: the same lateness rule over the same arrival order, then every window's
 // aggregates computed from scratch over the applied events, with BigInt window arithmetic.
-
-/** Floored division in BigInt (BigInt's `/` truncates towards zero). */
-function floorDivide(value: bigint, divisor: bigint): bigint {
-  const quotient = value / divisor;
-  return value % divisor !== 0n && value < 0n !== divisor < 0n ? quotient - 1n : quotient;
-}
-
-/** Window starts holding t: every multiple s of slide with s ≤ t < s + size. */
-function startsHolding(time: number, size: number, slide: number): number[] {
-  const [t, sizeBig, slideBig] = [BigInt(time), BigInt(size), BigInt(slide)];
-  const starts: number[] = [];
-  for (let k = floorDivide(t - sizeBig, slideBig); k <= floorDivide(t, slideBig); k++)
-    if (k * slideBig <= t && t < k * slideBig + sizeBig) starts.push(Number(k * slideBig));
-  return starts;
-}
-
-const numericFunctions: readonly AggregationFunction[] = [
-  'sum',
-  'mean',
-  'min',
-  'max',
-  'stddev_pop',
-  'stddev_samp',
-];
-
-interface AppliedEvent {
-  readonly key: string;
-  readonly time: number;
-  readonly fields: Readonly<Record<string, EventValue>>;
-  readonly arrival: number;
-}
 
 function isInvalid(spec: WindowAggregationSpec, event: StreamEvent): boolean {
   return spec.aggregations.some(({ function: fn, field }) => {
@@ -63,46 +34,6 @@ function isInvalid(spec: WindowAggregationSpec, event: StreamEvent): boolean {
     if (typeof value === 'bigint') return false;
     return numericFunctions.includes(fn);
   });
-}
-
-function bruteForce(fn: AggregationFunction, field: string | undefined, events: readonly AppliedEvent[]) {
-  const present = events.filter((e) => field === undefined || (e.fields[field] ?? null) !== null);
-  const values = present.map((e) => (field === undefined ? true : e.fields[field]!));
-  const numbers = values.map((value) => Number(value) + 0);
-  const n = numbers.length;
-  const sum = numbers.reduce((total, x) => total + x, 0);
-  switch (fn) {
-    case 'count':
-      return n;
-    case 'sum':
-      return n === 0 ? null : sum;
-    case 'mean':
-      return n === 0 ? null : sum / n;
-    case 'min':
-      return n === 0 ? null : Math.min(...numbers);
-    case 'max':
-      return n === 0 ? null : Math.max(...numbers);
-    case 'stddev_pop':
-    case 'stddev_samp': {
-      const divisor = fn === 'stddev_pop' ? n : n - 1;
-      if (divisor <= 0) return null;
-      const mean = sum / n;
-      return Math.sqrt(numbers.reduce((total, x) => total + (x - mean) ** 2, 0) / divisor);
-    }
-    case 'last': {
-      let best: AppliedEvent | undefined;
-      for (const e of present)
-        if (!best || e.time > best.time || (e.time === best.time && e.arrival > best.arrival)) best = e;
-      if (!best) return null;
-      const value = best.fields[field!]!;
-      return typeof value === 'number' ? value + 0 : value;
-    }
-    case 'distinct_count': {
-      const sketch = new HyperLogLog();
-      for (const value of values) sketch.add(value as DistinctValue);
-      return sketch.estimate();
-    }
-  }
 }
 
 function greatestCommonDivisor(a: number, b: number): number {
@@ -444,6 +375,8 @@ describe('window aggregator against a brute-force batch oracle', () => {
         const { aggregator } = driver;
         const watermarks: (number | undefined)[] = [];
         const last = new Map<string, WindowEmission>();
+        /** The last emission of each (key, end): its row must hold every shape's final result at end. */
+        const lastAtEnd = new Map<string, WindowEmission>();
         const fired = new Set<string>();
         let watermark = Number.NEGATIVE_INFINITY;
         const log = scenario.operations.map((operation) => driver.step(operation));
@@ -462,6 +395,7 @@ describe('window aggregator against a brute-force batch oracle', () => {
               fired.add(id);
             } else reemitted++;
             last.set(id, emission);
+            lastAtEnd.set(`${emission.key}|${emission.end}`, emission);
             emitted++;
           }
         }
@@ -475,6 +409,28 @@ describe('window aggregator against a brute-force batch oracle', () => {
         expect([...last.keys()].sort()).toEqual([...expected.windows.keys()].sort());
         for (const [id, emission] of last)
           expectResultsClose(emission.results, expected.windows.get(id)!, scenario.spec);
+        for (const emission of lastAtEnd.values())
+          for (const { sizeMicros, slideMicros, aggregations } of aggregator.shapes) {
+            const start = emission.end - sizeMicros;
+            const shapeRow = Object.fromEntries(
+              Object.entries(emission.row).filter(([name]) => aggregations.includes(name)),
+            );
+            if (floorMod(start, slideMicros) !== 0) {
+              expect(shapeRow, 'no window of the shape ends there').toEqual({});
+              continue;
+            }
+            const window = expected.windows.get(windowId(emission.key, sizeMicros, slideMicros, start));
+            if (window) expectResultsClose(shapeRow, window, scenario.spec);
+            else
+              expect(shapeRow, 'an empty window').toEqual(
+                Object.fromEntries(
+                  aggregations.map((name) => {
+                    const fn = scenario.spec.aggregations.find((a) => a.name === name)!.function;
+                    return [name, fn === 'count' || fn === 'distinct_count' ? 0 : null];
+                  }),
+                ),
+              );
+          }
         if (scenario.finished) expect(aggregator.stateSize).toEqual({ keys: 0, tiles: 0 });
       }),
       { numRuns: 300 },

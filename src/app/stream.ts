@@ -1,0 +1,146 @@
+/**
+ * The composition root of `fstore stream`: one consumer-group member of one stream aggregation.
+ * Reads the definition and its produced view from the registry, then runs the stream tier
+ * (src/stream/stream-runner.ts) against Kafka, the online store and the offline store, logging its
+ * figures every FSTORE_STREAM_STATS_INTERVAL_MS.
+ */
+import { hostname } from 'node:os';
+import type { Logger } from 'pino';
+import { createKafkaEventSource } from '../adapters/kafka/kafka-event-source.js';
+import { createPostgresOfflineStore } from '../adapters/postgres/offline/postgres-offline-store.js';
+import { createPostgresRegistry } from '../adapters/postgres/postgres-registry.js';
+import type { Config } from '../config/config.js';
+import { FStoreError } from '../domain/errors.js';
+import { createStreamRunner, type StreamRunner, type StreamStats } from '../stream/stream-runner.js';
+import { createOnlineStore } from './serve.js';
+
+export interface StreamRole {
+  readonly runner: StreamRunner;
+  stop(): Promise<void>;
+}
+
+export interface StreamRoleOptions {
+  readonly project: string;
+  readonly aggregation: string;
+  /** Default: fstore.<project>.<aggregation>. */
+  readonly groupId?: string;
+  /** Default: <topic>.dlq. */
+  readonly deadLetterTopic?: string;
+  readonly onFatal: (error: unknown) => void;
+}
+
+function percentile(sorted: readonly number[], q: number): number | null {
+  if (sorted.length === 0) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+}
+
+/** The figures of one stats interval, for the log (Prometheus metrics come with the metrics issue). */
+export function summarizeStats(current: StreamStats, previous: StreamStats | undefined, seconds: number) {
+  const delays = [...current.windowDelaysMs.slice(previous?.windowDelaysMs.length ?? 0)].sort(
+    (a, b) => a - b,
+  );
+  return {
+    eventsPerSecond: Math.round((current.records - (previous?.records ?? 0)) / seconds),
+    records: current.records,
+    windowsFired: current.windowsFired,
+    windowsReemitted: current.windowsReemitted,
+    late: current.late,
+    malformed: current.malformed,
+    invalid: current.invalid,
+    deadLetters: current.deadLetters,
+    checkpoints: current.checkpoints,
+    lastCheckpointMs: Math.round(current.lastCheckpointMs),
+    lastCheckpointBytes: current.lastCheckpointBytes,
+    windowDelayP50Ms: percentile(delays, 0.5),
+    windowDelayP99Ms: percentile(delays, 0.99),
+    consumerWatermark: current.consumerWatermark,
+    lag: current.partitions.reduce((sum, partition) => sum + partition.lag, 0),
+    state: current.partitions.reduce(
+      (sum, partition) => ({ keys: sum.keys + partition.keys, tiles: sum.tiles + partition.tiles }),
+      { keys: 0, tiles: 0 },
+    ),
+    partitions: current.partitions.map(({ partition, lag, watermarkDelayMs }) => ({
+      partition,
+      lag,
+      watermarkDelayMs: watermarkDelayMs === null ? null : Math.round(watermarkDelayMs),
+    })),
+  };
+}
+
+export async function startStreamRole(
+  config: Config,
+  options: StreamRoleOptions,
+  logger: Logger,
+): Promise<StreamRole> {
+  if (!config.postgresUrl)
+    throw new FStoreError(
+      'invalid_argument',
+      'fstore stream needs the shared registry and offline store: set FSTORE_POSTGRES_URL (or --postgres-url)',
+    );
+  if (!config.redisUrl && !config.redisClusterNodes)
+    throw new FStoreError(
+      'invalid_argument',
+      'fstore stream writes to the shared online store: set FSTORE_REDIS_URL or FSTORE_REDIS_CLUSTER_NODES',
+    );
+  const registry = await createPostgresRegistry({
+    connectionString: config.postgresUrl,
+    schema: config.postgresSchema,
+  });
+  const closers: (() => Promise<void>)[] = [async () => registry.close()];
+  try {
+    const aggregation = await registry.getStreamAggregation(options.project, options.aggregation);
+    const view = await registry.getFeatureView(options.project, aggregation.name);
+    const { store: online } = createOnlineStore(config);
+    closers.push(() => online.close());
+    const offline = await createPostgresOfflineStore({
+      connectionString: config.postgresUrl,
+      schema: config.postgresSchema,
+    });
+    closers.push(() => offline.close());
+    const source = createKafkaEventSource({
+      brokers: config.kafkaBrokers.split(','),
+      clientId: `fstore-stream-${hostname()}-${process.pid}`,
+      groupId: options.groupId ?? `fstore.${options.project}.${aggregation.name}`,
+      topic: aggregation.topic,
+      deadLetterTopic: options.deadLetterTopic ?? `${aggregation.topic}.dlq`,
+      partitionsConsumedConcurrently: config.streamConcurrency,
+      maxBytesPerPartition: config.streamFetchBytes,
+      sessionTimeoutMs: config.streamSessionTimeoutMs,
+      logger,
+    });
+    const runner = createStreamRunner({
+      project: options.project,
+      aggregation,
+      view,
+      source,
+      online,
+      offline,
+      logger,
+      checkpointIntervalMs: config.streamCheckpointIntervalMs,
+      onlineExpiryGraceMs: config.onlineExpiryGraceMs,
+      onFatal: options.onFatal,
+    });
+    await runner.start();
+    let previous: StreamStats | undefined;
+    let previousAt = performance.now();
+    const timer = setInterval(() => {
+      const now = performance.now();
+      const current = runner.stats();
+      logger.info({ stream: summarizeStats(current, previous, (now - previousAt) / 1000) }, 'stream figures');
+      previous = { ...current, windowDelaysMs: [...current.windowDelaysMs] };
+      previousAt = now;
+    }, config.streamStatsIntervalMs);
+    timer.unref();
+    return {
+      runner,
+      async stop() {
+        clearInterval(timer);
+        await runner.stop();
+        for (const close of closers.reverse()) await close().catch(() => {});
+      },
+    };
+  } catch (error) {
+    for (const close of closers.reverse()) await close().catch(() => {});
+    throw error;
+  }
+}
