@@ -26,6 +26,11 @@ export interface StreamRoleOptions {
   readonly groupId?: string;
   /** Default: <topic>.dlq. */
   readonly deadLetterTopic?: string;
+  /**
+   * Forget the aggregation's checkpoints before starting: every partition is read again from the
+   * start of its log (after a definition change, whose old state cannot be restored).
+   */
+  readonly reset?: boolean;
   readonly onFatal: (error: unknown) => void;
 }
 
@@ -97,6 +102,14 @@ export async function startStreamRole(
       schema: config.postgresSchema,
     });
     closers.push(() => offline.close());
+    if (options.reset) {
+      const scope = { project: options.project, aggregation: aggregation.name, topic: aggregation.topic };
+      const forgotten = await offline.deleteStreamCheckpoints(scope);
+      logger.warn(
+        { ...scope, partitions: forgotten },
+        'checkpoints deleted: every partition is read from its start',
+      );
+    }
     const source = createKafkaEventSource({
       brokers: config.kafkaBrokers.split(','),
       clientId: `fstore-stream-${hostname()}-${process.pid}`,

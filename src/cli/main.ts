@@ -92,15 +92,19 @@ function configFromFlags(
   return loadConfig(process.env, overrides);
 }
 
-async function streamOneMember(config: Config, flags: Record<string, string | undefined>): Promise<void> {
+async function streamOneMember(
+  config: Config,
+  flags: Record<string, string | boolean | undefined>,
+): Promise<void> {
   const logger = pino({ level: config.logLevel, base: { pid: process.pid, role: 'stream' } });
   const role = await startStreamRole(
     config,
     {
       project: flags.project as string,
       aggregation: flags.aggregation as string,
-      groupId: flags.group,
-      deadLetterTopic: flags.deadLetterTopic,
+      groupId: flags.group as string | undefined,
+      deadLetterTopic: flags.deadLetterTopic as string | undefined,
+      reset: Boolean(flags.reset),
       onFatal(error) {
         logger.fatal({ err: error }, 'stream member cannot go on');
         process.exit(1);

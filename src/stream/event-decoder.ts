@@ -90,9 +90,11 @@ export function createEventDecoder(
   const parts: KeyValue[] = new Array(keyFields.length);
 
   function parse(bytes: Uint8Array): unknown {
-    if (encoding === 'json')
-      return JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'));
-    return unpackr.unpack(bytes);
+    if (encoding === 'msgpack') return unpackr.unpack(bytes);
+    const text = Buffer.isBuffer(bytes)
+      ? bytes.toString('utf8')
+      : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
+    return JSON.parse(text);
   }
 
   return (bytes) => {

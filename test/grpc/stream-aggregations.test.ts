@@ -335,6 +335,16 @@ describe('RegistryService stream aggregations', () => {
         'stream_aggregation.aggregations[1].name',
       ],
       [
+        {
+          aggregations: [
+            { name: 'n', function: AggregationFunction.COUNT, ...window },
+            { name: 'm', function: AggregationFunction.COUNT, windowSize: minutes(60), slide: minutes(10) },
+          ],
+        },
+        'invalid_argument',
+        'stream_aggregation.aggregations[1].slide',
+      ],
+      [
         { aggregations: [{ name: '1bad', function: AggregationFunction.COUNT, ...window }] },
         'invalid_argument',
         'stream_aggregation.aggregations[0].name',

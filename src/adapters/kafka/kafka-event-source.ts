@@ -4,7 +4,15 @@
  * dead-letter topic and an admin client for log start offsets. The only module that imports
  * kafkajs.
  */
-import { type Admin, type Consumer, Kafka, type LogEntry, logLevel, type Producer } from 'kafkajs';
+import {
+  type Admin,
+  type Consumer,
+  Kafka,
+  type LogEntry,
+  logLevel,
+  Partitioners,
+  type Producer,
+} from 'kafkajs';
 import type { Logger } from 'pino';
 import { FStoreError } from '../../domain/errors.js';
 import type { DeadLetter, EventSource, EventSourceHandlers } from '../../ports/event-source.js';
@@ -56,7 +64,12 @@ export function createKafkaEventSource(options: KafkaEventSourceOptions): EventS
     // Every restart after a crash re-reads from the stream tier's checkpoint, not from a guess.
     retry: { retries: 8, initialRetryTime: 200, maxRetryTime: 5_000 },
   });
-  const producer: Producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  // Dead letters are at least once (a restart re-publishes those after the last checkpoint; their
+  // key is the source position): no idempotent producer, one request in flight keeps their order.
+  const producer: Producer = kafka.producer({
+    maxInFlightRequests: 1,
+    createPartitioner: Partitioners.DefaultPartitioner,
+  });
   const admin: Admin = kafka.admin();
   let started = false;
 
