@@ -8,8 +8,8 @@ export interface SourceRecord {
   /** Kafka offsets are 64-bit: decimal strings. */
   readonly offset: string;
   readonly value: Uint8Array | null;
-  /** The record's timestamp (producer's create time), milliseconds since the epoch. */
-  readonly timestampMs: number;
+  /** The record's timestamp (producer's create time), milliseconds since the epoch, as text. */
+  readonly timestamp: string;
 }
 
 export interface SourceBatch {

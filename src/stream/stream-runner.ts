@@ -177,13 +177,16 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
   ) {
     let delay = 100;
     let paused = false;
+    // kafkajs's isStale() sees seeks, not a rebalance that took the partition away: a write retried
+    // after the partition moved could land after its new owner's newer one. Give it up instead.
+    const abandoned = () => control.isStale() || !assigned.includes(partition);
     try {
       for (;;) {
         try {
           await write();
           return true;
         } catch (error) {
-          if (stopping || control.isStale()) return false;
+          if (stopping || abandoned()) return false;
           totals.sinkRetries++;
           if (!paused) {
             source.pause(partition);
@@ -192,8 +195,14 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
           log.warn({ partition, err: error, retryInMs: delay }, `${what} failed: partition paused, retrying`);
           await sleep(delay);
           delay = Math.min(delay * 2, 5_000);
-          await control.heartbeat().catch(() => {});
-          if (control.isStale()) return false;
+          let rebalancing = false;
+          await control.heartbeat().catch((error: unknown) => {
+            // The group is rebalancing: the partition may be about to move (the task is rebuilt
+            // from its checkpoint if it stays).
+            rebalancing = (error as { type?: string }).type === 'REBALANCE_IN_PROGRESS';
+          });
+          if (rebalancing) return false;
+          if (abandoned()) return false;
         }
       }
     } finally {

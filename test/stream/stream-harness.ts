@@ -3,8 +3,10 @@
  * bytes, producing them to a real broker, reading what the sinks stored, and the expected rows
  * from the batch oracle (test/support/window-oracle.ts) over each partition's log.
  */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import type { MessageInitShape } from '@bufbuild/protobuf';
-import type { Admin, Kafka } from 'kafkajs';
+import { type Admin, AssignerProtocol, type Kafka } from 'kafkajs';
 import { Packr } from 'msgpackr';
 import pg from 'pg';
 import { expect } from 'vitest';
@@ -14,9 +16,12 @@ import {
   type StreamAggregationSchema,
   StreamEncoding,
 } from '../../gen/fstore/v1/registry_pb.js';
+import { FeatureStatus } from '../../gen/fstore/v1/values_pb.js';
 import type { AggregateValue } from '../../src/domain/aggregations.js';
 import { encodeOnlineKey } from '../../src/domain/online-codec.js';
 import type { AggregationSpec } from '../../src/domain/window-aggregator.js';
+import { int64s, strings } from '../support/fixtures.js';
+import type { TestServer } from '../support/serving-harness.js';
 import { type PartitionOracleSpec, partitionOracle } from '../support/window-oracle.js';
 import { waitUntil } from './kafka-test-client.js';
 
@@ -421,4 +426,213 @@ export async function readDeadLetters(kafka: Kafka, topic: string, timeoutMs = 2
     await consumer.disconnect();
   }
   return letters;
+}
+
+// ---- Fault tests: `fstore stream` members as child processes, group offsets, online reads ----
+
+/** How a member process ended. */
+export interface MemberExit {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+/** A `fstore stream` member run as a child process, the way an operator runs one. */
+export interface MemberProcess {
+  readonly label: string;
+  readonly pid: number;
+  /** Resolves once the process has exited. */
+  readonly exited: Promise<MemberExit>;
+  /** Null while it runs. */
+  exit(): MemberExit | null;
+  /** The last lines it printed (stdout and stderr), for failure messages. */
+  output(): string;
+  /** Sends `signal` and waits for the exit (SIGKILL after `timeoutMs` if it is still there). */
+  stop(signal: 'SIGTERM' | 'SIGKILL', timeoutMs?: number): Promise<MemberExit>;
+}
+
+const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
+const liveMembers = new Set<ChildProcess>();
+let exitHookInstalled = false;
+
+/**
+ * Starts `node --import tsx src/cli/main.ts stream` with `environment` (FSTORE_* settings; none
+ * is inherited from this process, so the test says exactly what the member runs with). The
+ * member is SIGKILLed when this process exits, whatever happens to the test.
+ */
+export function spawnStreamMember(options: {
+  readonly label: string;
+  readonly project: string;
+  readonly aggregation: string;
+  readonly environment: Readonly<Record<string, string>>;
+}): MemberProcess {
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    process.on('exit', () => {
+      for (const child of liveMembers) child.kill('SIGKILL');
+    });
+  }
+  const inherited = Object.fromEntries(
+    Object.entries(process.env).filter(([name]) => !name.startsWith('FSTORE_')),
+  );
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      'src/cli/main.ts',
+      'stream',
+      '--project',
+      options.project,
+      '--aggregation',
+      options.aggregation,
+    ],
+    { cwd: repoRoot, env: { ...inherited, ...options.environment }, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  liveMembers.add(child);
+  const lines: string[] = [];
+  const keep = (chunk: Buffer) => {
+    lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+    if (lines.length > 200) lines.splice(0, lines.length - 200);
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  let ended: MemberExit | null = null;
+  const exited = new Promise<MemberExit>((resolve) => {
+    child.once('exit', (code, signal) => {
+      liveMembers.delete(child);
+      ended = { code, signal };
+      resolve(ended);
+    });
+    child.once('error', (error) => {
+      liveMembers.delete(child);
+      lines.push(`spawn failed: ${error.message}`);
+      ended = { code: -1, signal: null };
+      resolve(ended);
+    });
+  });
+  const member: MemberProcess = {
+    label: options.label,
+    pid: child.pid ?? -1,
+    exited,
+    exit: () => ended,
+    output: () => lines.slice(-40).join('\n'),
+    async stop(signal, timeoutMs = 30_000) {
+      if (ended) return ended;
+      child.kill(signal);
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      try {
+        return await exited;
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+  return member;
+}
+
+/** Throws, with its output, when one of `members` has exited. */
+export function assertMembersRunning(members: readonly MemberProcess[]): void {
+  for (const member of members) {
+    const ended = member.exit();
+    if (ended)
+      throw new Error(
+        `stream member ${member.label} (pid ${member.pid}) exited unexpectedly (code ${ended.code}, signal ${ended.signal})\n${member.output()}`,
+      );
+  }
+}
+
+/** The group's committed offset per partition of `topic` (0 where none is committed yet). */
+export async function committedOffsets(
+  admin: Admin,
+  groupId: string,
+  topic: string,
+): Promise<Map<number, bigint>> {
+  const [committed] = await admin.fetchOffsets({ groupId, topics: [topic] });
+  return new Map(
+    (committed?.partitions ?? []).map((entry) => [
+      entry.partition,
+      entry.offset === '-1' ? 0n : BigInt(entry.offset),
+    ]),
+  );
+}
+
+/** The log end offset of each partition of `topic`. */
+export async function endOffsets(admin: Admin, topic: string): Promise<Map<number, bigint>> {
+  return new Map(
+    (await admin.fetchTopicOffsets(topic)).map((entry) => [entry.partition, BigInt(entry.high)]),
+  );
+}
+
+export const sumOffsets = (offsets: Map<number, bigint>): bigint =>
+  [...offsets.values()].reduce((sum, offset) => sum + offset, 0n);
+
+/** The partitions of `topic` each member of the group holds now (empty while it rebalances). */
+export async function groupAssignments(admin: Admin, groupId: string, topic: string) {
+  const { groups } = await admin.describeGroups([groupId]);
+  const group = groups[0];
+  if (group?.state !== 'Stable') return [];
+  return group.members.map((member) => ({
+    clientId: member.clientId,
+    partitions:
+      member.memberAssignment.length === 0
+        ? []
+        : (AssignerProtocol.MemberAssignment.decode(member.memberAssignment)?.assignment[topic] ?? []),
+  }));
+}
+
+/** Produces `records` in slices of `slice`, in order, calling `between` after each slice. */
+export async function produceInSlices(
+  kafka: Kafka,
+  topic: string,
+  records: readonly TestRecord[],
+  slice: number,
+  between: () => Promise<void> = async () => {},
+): Promise<void> {
+  for (let start = 0; start < records.length; start += slice) {
+    await produceRecords(kafka, topic, records.slice(start, start + slice));
+    await between();
+  }
+}
+
+/**
+ * Asserts that GetOnlineFeatures serves, for up to `sample` entities, the newest window row the
+ * oracle has for each (its values and window end).
+ */
+export async function expectOnlineNewest(
+  features: TestServer['features'],
+  project: string,
+  view: string,
+  expected: ExpectedOutcome['rows'],
+  sample = 60,
+): Promise<void> {
+  const newest = new Map<string, { end: number; values: Record<string, AggregateValue> }>();
+  for (const row of expected.values()) {
+    const current = newest.get(row.key);
+    if (!current || row.end > current.end) newest.set(row.key, row);
+  }
+  const chosen = [...newest.entries()].slice(0, sample);
+  const entities = chosen.map(([key]) => key.slice(key.indexOf(':') + 1).split('|'));
+  const response = await features.getOnlineFeatures({
+    project,
+    features: [`${view}:events_20s`, `${view}:amount_max_20s`, `${view}:amount_sum_10s`],
+    entities: {
+      user_id: strings(...entities.map(([user]) => user!)),
+      merchant_id: int64s(...entities.map(([, merchant]) => BigInt(merchant!))),
+    },
+  });
+  const values = (index: number) =>
+    (response.features[index]?.values?.values.value as { values: unknown[] } | undefined)?.values;
+  const [events] = response.features;
+  const rows = chosen.map(([, row]) => row);
+  expect(events!.statuses.every((status) => status === FeatureStatus.PRESENT)).toBe(true);
+  expect(events!.eventTimestamps).toEqual(rows.map((row) => BigInt(row.end)));
+  expect(values(0)).toEqual(rows.map((row) => BigInt(row.values.events_20s as number)));
+  expect(values(1)).toEqual(rows.map((row) => row.values.amount_max_20s ?? 0));
+  const sums = values(2) as number[];
+  rows.forEach((row, index) => {
+    const want = (row.values.amount_sum_10s as number | null) ?? 0;
+    expect(Math.abs(sums[index]! - want), `amount_sum_10s of ${chosen[index]![0]}`).toBeLessThanOrEqual(
+      1e-9 * (1 + Math.abs(want)),
+    );
+  });
 }
