@@ -27,6 +27,7 @@ import { createPostgresRegistry } from '../src/adapters/postgres/postgres-regist
 import { type StreamRole, startStreamRole } from '../src/app/stream.js';
 import { loadConfig } from '../src/config/config.js';
 import type { StreamAggregationDefinition } from '../src/domain/stream-aggregation.js';
+import { histogramQuantile } from '../src/stream/stream-runner.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -180,8 +181,6 @@ async function startMember(name: string): Promise<StreamRole> {
   );
 }
 
-const percentile = (sorted: readonly number[], q: number) =>
-  sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 const fixed = (value: number, digits = 1) => value.toFixed(digits);
 
 console.log(
@@ -238,11 +237,12 @@ if (phase === 'both' || phase === 'freshness') {
   await new Promise((resolve) => setTimeout(resolve, 3_000));
   const stats = member.runner.stats();
   await member.stop();
-  const delays = [...stats.windowDelaysMs].sort((a, b) => a - b);
-  const p99 = percentile(delays, 0.99);
+  const delays = stats.windowDelayHistogram;
+  const fired = delays.reduce((sum, count) => sum + count, 0);
+  const p99 = histogramQuantile(delays, 0.99) ?? Number.NaN;
   const target = boundMicros / 1000 + 1000;
   console.log(
-    `freshness: ${stats.records - before} events at ${fixed(produced.events / produced.seconds / 1000)} k/s for ${fixed(produced.seconds)} s; ${delays.length} windows fired; window end → servable in Redis: p50 ${fixed(percentile(delays, 0.5), 0)} ms, p99 ${fixed(p99, 0)} ms, max ${fixed(delays.at(-1) ?? Number.NaN, 0)} ms (target p99 ≤ B + 1 s = ${target} ms: ${p99 <= target ? 'met' : 'NOT met'})`,
+    `freshness: ${stats.records - before} events at ${fixed(produced.events / produced.seconds / 1000)} k/s for ${fixed(produced.seconds)} s; ${fired} windows fired; window end → servable in Redis: p50 ${fixed(histogramQuantile(delays, 0.5) ?? Number.NaN, 0)} ms, p99 ${fixed(p99, 0)} ms, max ${fixed(histogramQuantile(delays, 1) ?? Number.NaN, 0)} ms (target p99 ≤ B + 1 s = ${target} ms: ${p99 <= target ? 'met' : 'NOT met'})`,
   );
 }
 

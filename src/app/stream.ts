@@ -11,7 +11,12 @@ import { createPostgresOfflineStore } from '../adapters/postgres/offline/postgre
 import { createPostgresRegistry } from '../adapters/postgres/postgres-registry.js';
 import type { Config } from '../config/config.js';
 import { FStoreError } from '../domain/errors.js';
-import { createStreamRunner, type StreamRunner, type StreamStats } from '../stream/stream-runner.js';
+import {
+  createStreamRunner,
+  histogramQuantile,
+  type StreamRunner,
+  type StreamStats,
+} from '../stream/stream-runner.js';
 import { createOnlineStore } from './serve.js';
 
 export interface StreamRole {
@@ -34,16 +39,12 @@ export interface StreamRoleOptions {
   readonly onFatal: (error: unknown) => void;
 }
 
-function percentile(sorted: readonly number[], q: number): number | null {
-  if (sorted.length === 0) return null;
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
-}
-
 /** The figures of one stats interval, for the log (Prometheus metrics come with the metrics issue). */
 export function summarizeStats(current: StreamStats, previous: StreamStats | undefined, seconds: number) {
-  const delays = [...current.windowDelaysMs.slice(previous?.windowDelaysMs.length ?? 0)].sort(
-    (a, b) => a - b,
-  );
+  const delays = current.windowDelayHistogram.slice();
+  if (previous)
+    for (let bucket = 0; bucket < delays.length; bucket++)
+      delays[bucket]! -= previous.windowDelayHistogram[bucket]!;
   return {
     eventsPerSecond: Math.round((current.records - (previous?.records ?? 0)) / seconds),
     records: current.records,
@@ -56,8 +57,8 @@ export function summarizeStats(current: StreamStats, previous: StreamStats | und
     checkpoints: current.checkpoints,
     lastCheckpointMs: Math.round(current.lastCheckpointMs),
     lastCheckpointBytes: current.lastCheckpointBytes,
-    windowDelayP50Ms: percentile(delays, 0.5),
-    windowDelayP99Ms: percentile(delays, 0.99),
+    windowDelayP50Ms: histogramQuantile(delays, 0.5),
+    windowDelayP99Ms: histogramQuantile(delays, 0.99),
     consumerWatermark: current.consumerWatermark,
     lag: current.partitions.reduce((sum, partition) => sum + partition.lag, 0),
     state: current.partitions.reduce(
@@ -140,7 +141,7 @@ export async function startStreamRole(
       const now = performance.now();
       const current = runner.stats();
       logger.info({ stream: summarizeStats(current, previous, (now - previousAt) / 1000) }, 'stream figures');
-      previous = { ...current, windowDelaysMs: [...current.windowDelaysMs] };
+      previous = current;
       previousAt = now;
     }, config.streamStatsIntervalMs);
     timer.unref();

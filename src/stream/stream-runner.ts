@@ -79,8 +79,11 @@ export interface StreamStats extends BatchCounts {
   readonly taskRestores: number;
   /** The consumer watermark: minimum over active assigned partitions (DESIGN §4), µs or null. */
   readonly consumerWatermark: number | null;
-  /** Wall time of each online write of fired windows minus the window end, ms (freshness). */
-  readonly windowDelaysMs: readonly number[];
+  /**
+   * Freshness: wall time of the online write of each fired window minus the window end, as
+   * counts per whole millisecond (index ≥ the last: that long or longer), since the start.
+   */
+  readonly windowDelayHistogram: Uint32Array;
   readonly partitions: readonly PartitionStats[];
 }
 
@@ -93,7 +96,22 @@ export interface StreamRunner {
   readonly assigned: readonly number[];
 }
 
-const maxDelaySamples = 100_000;
+/** The freshness histogram's range: one bucket per millisecond up to a minute. */
+const delayBuckets = 60_001;
+
+/** The q-quantile (0..1) of a millisecond histogram, or null when it is empty. */
+export function histogramQuantile(histogram: Uint32Array, q: number): number | null {
+  let total = 0;
+  for (const count of histogram) total += count;
+  if (total === 0) return null;
+  const rank = Math.min(total - 1, Math.floor(q * total));
+  let seen = 0;
+  for (let bucket = 0; bucket < histogram.length; bucket++) {
+    seen += histogram[bucket]!;
+    if (seen > rank) return bucket;
+  }
+  return histogram.length - 1;
+}
 
 export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
   const { project, aggregation, view, source, online, offline, logger } = options;
@@ -128,7 +146,7 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
     sinkRetries: 0,
     taskRestores: 0,
   };
-  const windowDelaysMs: number[] = [];
+  const windowDelayHistogram = new Uint32Array(delayBuckets);
   let active = 0;
   let stopping = false;
   let idle: (() => void) | undefined;
@@ -277,8 +295,8 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
       (await withRetry(partition, control, 'sink write', async () => {
         if (rows.length === 0) return;
         const batchRows = windowRowsToBatch(view, rows, Date.now() * 1000);
-        await Promise.all([
-          online.writeMany(
+        const servable = online
+          .writeMany(
             toOnlineEntries(
               view,
               batchRows.keys,
@@ -286,14 +304,18 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
               batchRows.values,
               options.onlineExpiryGraceMs,
             ),
-          ),
-          // Rows of a checkpoint batch go in the checkpoint's transaction.
-          due ? Promise.resolve() : offline.replaceRows([batchRows]),
-        ]);
-        const writtenAt = Date.now() * 1000;
-        for (const row of rows)
-          if (row.trigger === 'watermark' && windowDelaysMs.length < maxDelaySamples)
-            windowDelaysMs.push((writtenAt - row.end) / 1000);
+          )
+          .then(() => {
+            // Servable once in the online store (the offline write may still be going on).
+            const writtenAt = Date.now() * 1000;
+            for (const row of rows)
+              if (row.trigger === 'watermark')
+                windowDelayHistogram[
+                  Math.min(delayBuckets - 1, Math.max(0, Math.floor((writtenAt - row.end) / 1000)))
+                ]!++;
+          });
+        // Rows of a checkpoint batch go in the checkpoint's transaction.
+        await Promise.all([servable, due ? Promise.resolve() : offline.replaceRows([batchRows])]);
       }));
     if (!wrote) {
       dropTask(partition, 'the batch went stale while its sink writes were retried');
@@ -423,7 +445,7 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
       return {
         ...totals,
         consumerWatermark: Number.isFinite(watermark) ? watermark : null,
-        windowDelaysMs,
+        windowDelayHistogram: windowDelayHistogram.slice(),
         partitions: [...tasks.values()]
           .sort((a, b) => a.partition - b.partition)
           .map((task) => {
