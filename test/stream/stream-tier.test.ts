@@ -5,6 +5,7 @@ import { FeatureStatus, type Vector } from '../../gen/fstore/v1/values_pb.js';
 import { type StreamRole, startStreamRole } from '../../src/app/stream.js';
 import { randomName, requireEnvironment } from '../support/environment.js';
 import { applyFixtures, int64s, strings } from '../support/fixtures.js';
+import { historicalRequests, retrieveHistorical } from '../support/historical.js';
 import { startTestServer, type TestServer } from '../support/serving-harness.js';
 import { createTestKafka } from './kafka-test-client.js';
 import {
@@ -126,6 +127,41 @@ describe('fstore stream', () => {
         expectedRows.map((row) => row.values.amount_max_20s ?? 0),
       );
       expect(events!.eventTimestamps).toEqual(expectedRows.map((row) => BigInt(row.end)));
+
+      // Historical retrieval of the aggregate is point in time: at a window's end, that window's
+      // row; one microsecond before, the entity's previous row (or nothing yet).
+      const sample = [...expected.rows.values()].filter((_, index) => index % 7 === 0).slice(0, 200);
+      const previousRow = (row: (typeof sample)[number]) => {
+        let best: (typeof sample)[number] | undefined;
+        for (const other of expected.rows.values())
+          if (other.key === row.key && other.end < row.end && (!best || other.end > best.end)) best = other;
+        return best;
+      };
+      const labels = sample.flatMap((row) => [
+        { row, at: row.end, expect: row as (typeof sample)[number] | undefined },
+        { row, at: row.end - 1, expect: previousRow(row) },
+      ]);
+      const parts = labels.map(({ row }) => row.key.slice(row.key.indexOf(':') + 1).split('|'));
+      const history = await retrieveHistorical(
+        server.features,
+        historicalRequests({ project, features: [`${name}:events_20s`] }, [
+          {
+            entities: {
+              user_id: strings(...parts.map(([user]) => user!)),
+              merchant_id: int64s(...parts.map(([, merchant]) => BigInt(merchant!))),
+            },
+            timestamps: labels.map(({ at }) => BigInt(at)),
+          },
+        ]),
+      );
+      const column = history.features[`${name}:events_20s`]!;
+      expect(column.eventTimes).toEqual(labels.map((label) => BigInt(label.expect?.end ?? 0)));
+      expect(column.statuses).toEqual(
+        labels.map((label) => (label.expect ? FeatureStatus.PRESENT : FeatureStatus.NOT_FOUND)),
+      );
+      labels.forEach((label, index) => {
+        if (label.expect) expect(column.values[index]).toBe(BigInt(label.expect.values.events_20s as number));
+      });
 
       // Dead letters: every malformed and late record, with its reason.
       const letters = await readDeadLetters(kafka, `${topic}.dlq`);
