@@ -22,6 +22,7 @@ import {
   createWindowAggregator,
   type WindowAggregationSpec,
   type WindowAggregator,
+  type WindowEmission,
 } from '../domain/window-aggregator.js';
 import type { DeadLetter, SourceRecord } from '../ports/event-source.js';
 import type { OfflineRowBatch } from '../ports/offline-store.js';
@@ -51,6 +52,16 @@ export interface BatchCounts {
   windowsFired: number;
   windowsReemitted: number;
 }
+
+export const emptyCounts = (): BatchCounts => ({
+  records: 0,
+  applied: 0,
+  late: 0,
+  invalid: 0,
+  malformed: 0,
+  windowsFired: 0,
+  windowsReemitted: 0,
+});
 
 export interface ProcessedBatch {
   /** The last result of each (key, window end) the batch emitted, in emission order. */
@@ -135,16 +146,14 @@ export class PartitionTask {
    * W_p after each (so lateness does not depend on where batches end), collect what fired.
    */
   process(records: readonly SourceRecord[]): ProcessedBatch {
-    const counts: BatchCounts = {
-      records: 0,
-      applied: 0,
-      late: 0,
-      invalid: 0,
-      malformed: 0,
-      windowsFired: 0,
-      windowsReemitted: 0,
-    };
+    const counts = emptyCounts();
     const rows = new Map<string, WindowRow>();
+    /** The last result of a (key, end) wins, placed last: rows keep emission order. */
+    const put = (emission: WindowEmission) => {
+      const id = `${emission.key}\u0000${emission.end}`;
+      rows.delete(id);
+      rows.set(id, { key: emission.key, end: emission.end, values: emission.row, trigger: emission.trigger });
+    };
     const deadLetters: DeadLetter[] = [];
     const { aggregator, partition } = this;
     const { decode, boundMicros } = this.options;
@@ -191,26 +200,14 @@ export class PartitionTask {
         counts.applied++;
         for (const emission of outcome.emissions) {
           counts.windowsReemitted++;
-          rows.set(`${emission.key}\u0000${emission.end}`, {
-            key: emission.key,
-            end: emission.end,
-            values: emission.row,
-            trigger: emission.trigger,
-          });
+          put(emission);
         }
       }
       if (this.maxEventTime === null || event.time > this.maxEventTime) {
         this.maxEventTime = event.time;
         for (const emission of aggregator.advanceWatermark(event.time - boundMicros)) {
           counts.windowsFired++;
-          const id = `${emission.key}\u0000${emission.end}`;
-          rows.delete(id); // keep emission order: a later result of the same window goes last
-          rows.set(id, {
-            key: emission.key,
-            end: emission.end,
-            values: emission.row,
-            trigger: emission.trigger,
-          });
+          put(emission);
         }
       }
     }

@@ -30,6 +30,7 @@ import { toOnlineEntries } from '../serving/online-features.js';
 import { createEventDecoder } from './event-decoder.js';
 import {
   type BatchCounts,
+  emptyCounts,
   PartitionTask,
   type PartitionTaskOptions,
   windowRowsToBatch,
@@ -130,13 +131,7 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
     nowMs(),
   );
   const totals = {
-    records: 0,
-    applied: 0,
-    late: 0,
-    invalid: 0,
-    malformed: 0,
-    windowsFired: 0,
-    windowsReemitted: 0,
+    ...emptyCounts(),
     deadLetters: 0,
     batches: 0,
     checkpoints: 0,

@@ -9,6 +9,7 @@ import type { MessageInitShape } from '@bufbuild/protobuf';
 import { type Admin, AssignerProtocol, type Kafka } from 'kafkajs';
 import { Packr } from 'msgpackr';
 import pg from 'pg';
+import { pino } from 'pino';
 import { expect } from 'vitest';
 import {
   AggregationFunction,
@@ -17,6 +18,8 @@ import {
   StreamEncoding,
 } from '../../gen/fstore/v1/registry_pb.js';
 import { FeatureStatus } from '../../gen/fstore/v1/values_pb.js';
+import { type StreamRole, startStreamRole } from '../../src/app/stream.js';
+import type { Config } from '../../src/config/config.js';
 import type { AggregateValue } from '../../src/domain/aggregations.js';
 import { encodeOnlineKey } from '../../src/domain/online-codec.js';
 import type { AggregationSpec } from '../../src/domain/window-aggregator.js';
@@ -635,4 +638,26 @@ export async function expectOnlineNewest(
       1e-9 * (1 + Math.abs(want)),
     );
   });
+}
+
+/** `fstore stream` in this process on a test server's stores and `brokers`; fatal errors are collected. */
+export function startInProcessMember(
+  config: Config,
+  brokers: readonly string[],
+  options: { project: string; aggregation: string; checkpointIntervalMs: number; fatal: unknown[] },
+): Promise<StreamRole> {
+  return startStreamRole(
+    {
+      ...config,
+      kafkaBrokers: brokers.join(','),
+      streamCheckpointIntervalMs: options.checkpointIntervalMs,
+      streamStatsIntervalMs: 60_000,
+    },
+    {
+      project: options.project,
+      aggregation: options.aggregation,
+      onFatal: (error) => options.fatal.push(error),
+    },
+    pino({ level: process.env.FSTORE_TEST_LOG_LEVEL ?? 'silent' }),
+  );
 }

@@ -1,9 +1,7 @@
 import fc from 'fast-check';
 import type { Admin, Kafka } from 'kafkajs';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AggregationFunction, EventTimeUnit, StreamEncoding } from '../../gen/fstore/v1/registry_pb.js';
-import { startStreamRole } from '../../src/app/stream.js';
 import type { AggregationFunction as Fn } from '../../src/domain/aggregations.js';
 import { encodeOnlineKey } from '../../src/domain/online-codec.js';
 import type { AggregationSpec } from '../../src/domain/window-aggregator.js';
@@ -19,6 +17,7 @@ import {
   expectRowsEqual,
   partitionOf,
   produceRecords,
+  startInProcessMember,
   storedOfflineRows,
   type TestRecord,
   viewIdOf,
@@ -198,16 +197,12 @@ describe('fstore stream through the real broker, as a property', () => {
         lateSeen += late;
 
         const fatal: unknown[] = [];
-        const role = await startStreamRole(
-          {
-            ...server.config,
-            kafkaBrokers: brokers.join(','),
-            streamCheckpointIntervalMs: 100,
-            streamStatsIntervalMs: 60_000,
-          },
-          { project, aggregation: name, onFatal: (error) => fatal.push(error) },
-          pino({ level: process.env.FSTORE_TEST_LOG_LEVEL ?? 'silent' }),
-        );
+        const role = await startInProcessMember(server.config, brokers, {
+          project,
+          aggregation: name,
+          checkpointIntervalMs: 100,
+          fatal,
+        });
         try {
           await waitForCommittedToEnd(admin, `fstore.${project}.${name}`, topic, 60_000);
           expect(fatal).toEqual([]);

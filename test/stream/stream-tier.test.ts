@@ -1,8 +1,7 @@
 import type { Admin, Kafka } from 'kafkajs';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FeatureStatus, type Vector } from '../../gen/fstore/v1/values_pb.js';
-import { type StreamRole, startStreamRole } from '../../src/app/stream.js';
+import type { StreamRole } from '../../src/app/stream.js';
 import { randomName, requireEnvironment } from '../support/environment.js';
 import { applyFixtures, int64s, strings } from '../support/fixtures.js';
 import { historicalRequests, retrieveHistorical } from '../support/historical.js';
@@ -15,6 +14,7 @@ import {
   generateRecords,
   produceRecords,
   readDeadLetters,
+  startInProcessMember,
   storedOfflineRows,
   streamAggregationInit,
   viewIdOf,
@@ -52,16 +52,12 @@ describe('fstore stream', () => {
   });
 
   async function startRole(aggregation: string, fatal: unknown[] = []) {
-    const role = await startStreamRole(
-      {
-        ...server.config,
-        kafkaBrokers: brokers.join(','),
-        streamCheckpointIntervalMs: 300,
-        streamStatsIntervalMs: 60_000,
-      },
-      { project, aggregation, onFatal: (error) => fatal.push(error) },
-      pino({ level: process.env.FSTORE_TEST_LOG_LEVEL ?? 'silent' }),
-    );
+    const role = await startInProcessMember(server.config, brokers, {
+      project,
+      aggregation: aggregation,
+      checkpointIntervalMs: 300,
+      fatal,
+    });
     roles.push(role);
     return role;
   }
