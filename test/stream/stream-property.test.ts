@@ -107,6 +107,8 @@ const scenarioArbitrary = fc
         amount: null,
         item: '',
       });
+    // …after which an event of the start is late whatever the run (every run exercises lateness).
+    records.push({ partition: 0, user: 'late0', merchant: 0, ts: baseMs, amount: 1, item: '' });
     return { ...s, aggregations, records };
   });
 
