@@ -62,6 +62,23 @@ export interface FeatureDefinition {
    */
   readonly min?: number;
   readonly max?: number;
+  /** Allowed values of a string or int64 feature (int64 as decimal text); absent or empty: any. */
+  readonly allowedValues?: readonly string[];
+  // Monitoring rules: they judge stored data, they refuse nothing.
+  /** Most nulls among a checked range's values, a fraction in [0, 1]. */
+  readonly maxNullRate?: number;
+  /** PSI bands of this feature's drift (defaults 0.1 and 0.25). */
+  readonly psiWarn?: number;
+  readonly psiAlert?: number;
+}
+
+/** A scheduled drift check of a view against a saved reference profile. */
+export interface DriftMonitorDefinition {
+  /** The reference profile's name; its latest version is used. */
+  readonly referenceProfile: string;
+  readonly intervalMs: number;
+  /** How far back from the check's time the current data reaches. */
+  readonly windowMs: number;
 }
 
 export interface FeatureViewDefinition {
@@ -76,6 +93,9 @@ export interface FeatureViewDefinition {
   readonly owner: string;
   readonly description: string;
   readonly tags: Readonly<Record<string, string>>;
+  /** Monitoring rule: the newest event should be at most this old (milliseconds); absent: no rule. */
+  readonly freshnessMs?: number;
+  readonly driftMonitor?: DriftMonitorDefinition;
 }
 
 /** One recorded version of a feature view. */

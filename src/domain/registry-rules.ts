@@ -1,5 +1,6 @@
 import { FStoreError, invalidArgument } from './errors.js';
 import {
+  type DriftMonitorDefinition,
   type EntityDefinition,
   type FeatureDefinition,
   type FeatureSetDefinition,
@@ -19,16 +20,23 @@ export const registryLimits = {
   featuresPerView: 1000,
   featuresPerSet: 1000,
   maxTtlMs: 100 * 365 * 24 * 3600 * 1000, // a century: beyond it a ttl is a typo
+  allowedValues: 10_000,
+  minMonitorMs: 1_000, // one second: a drift check is a scan of offline rows, not a hot loop
 } as const;
 
 const namePattern = /^[A-Za-z][A-Za-z0-9_]*$/;
 
-export function validateName(field: string, name: string): void {
+export function validateName(field: string, name: string, pattern: RegExp = namePattern): void {
   if (name.length === 0) throw invalidArgument(field, 'is required');
   if (name.length > registryLimits.nameLength)
     throw invalidArgument(field, `is longer than ${registryLimits.nameLength} characters`);
-  if (!namePattern.test(name))
-    throw invalidArgument(field, `"${name}" must start with a letter and hold only letters, digits and _`);
+  if (!pattern.test(name))
+    throw invalidArgument(
+      field,
+      pattern === namePattern
+        ? `"${name}" must start with a letter and hold only letters, digits and _`
+        : `"${name}" must start with a letter or digit and hold only letters, digits and _ - .`,
+    );
 }
 
 function assertUnique(field: string, names: readonly string[]): void {
@@ -88,7 +96,44 @@ function validateFeatureRules(feature: FeatureDefinition, field: string): void {
   }
   if (feature.min !== undefined && feature.max !== undefined && feature.min > feature.max)
     throw invalidArgument(`${field}.min`, `${feature.min} is above the maximum ${feature.max}`);
+  const allowed = feature.allowedValues ?? [];
+  if (allowed.length > 0) {
+    if (feature.type !== 'string' && feature.type !== 'int64')
+      throw invalidArgument(
+        `${field}.allowed_values`,
+        `applies only to string and int64 features, not to ${feature.type}`,
+      );
+    if (allowed.length > registryLimits.allowedValues)
+      throw invalidArgument(`${field}.allowed_values`, `at most ${registryLimits.allowedValues} values`);
+    if (feature.type === 'int64')
+      allowed.forEach((value, index) => {
+        if (!/^-?\d{1,19}$/.test(value) || BigInt(value) !== BigInt.asIntN(64, BigInt(value)))
+          throw invalidArgument(`${field}.allowed_values[${index}]`, `"${value}" is not an int64 in decimal`);
+      });
+    assertUnique(`${field}.allowed_values`, allowed);
+  }
+  if (
+    feature.maxNullRate !== undefined &&
+    !(typeof feature.maxNullRate === 'number' && feature.maxNullRate >= 0 && feature.maxNullRate <= 1)
+  )
+    throw invalidArgument(
+      `${field}.max_null_rate`,
+      `must be a fraction from 0 to 1, got ${String(feature.maxNullRate)}`,
+    );
+  for (const band of ['psiWarn', 'psiAlert'] as const) {
+    const value = feature[band];
+    if (value !== undefined && !(typeof value === 'number' && Number.isFinite(value) && value > 0))
+      throw invalidArgument(
+        `${field}.${band === 'psiWarn' ? 'psi_warn' : 'psi_alert'}`,
+        `must be a positive number, got ${String(value)}`,
+      );
+  }
+  if (feature.psiWarn !== undefined && feature.psiAlert !== undefined && feature.psiWarn > feature.psiAlert)
+    throw invalidArgument(`${field}.psi_warn`, `${feature.psiWarn} is above psi_alert ${feature.psiAlert}`);
 }
+
+const wholeMsUpTo = (value: number, max: number): boolean =>
+  Number.isInteger(value) && value >= 0 && value <= max;
 
 export function validateFeatureViewDefinition(view: FeatureViewDefinition, field = 'feature_view'): void {
   validateName(`${field}.name`, view.name);
@@ -115,7 +160,31 @@ export function validateFeatureViewDefinition(view: FeatureViewDefinition, field
   if (!Number.isInteger(view.ttlMs) || view.ttlMs < 0 || view.ttlMs > registryLimits.maxTtlMs)
     throw invalidArgument(`${field}.ttl`, `must be whole milliseconds from 0 to ${registryLimits.maxTtlMs}`);
   if (!featureViewSources.includes(view.source)) throw invalidArgument(`${field}.source`, 'unknown source');
+  if (
+    view.freshnessMs !== undefined &&
+    !(wholeMsUpTo(view.freshnessMs, registryLimits.maxTtlMs) && view.freshnessMs > 0)
+  )
+    throw invalidArgument(
+      `${field}.freshness`,
+      `must be whole milliseconds from 1 to ${registryLimits.maxTtlMs}`,
+    );
+  const monitor = view.driftMonitor;
+  if (monitor) {
+    validateName(`${field}.drift_monitor.reference_profile`, monitor.referenceProfile, profileNamePattern);
+    for (const [key, name] of [
+      ['intervalMs', 'interval'],
+      ['windowMs', 'window'],
+    ] as const)
+      if (!wholeMsUpTo(monitor[key], registryLimits.maxTtlMs) || monitor[key] < registryLimits.minMonitorMs)
+        throw invalidArgument(
+          `${field}.drift_monitor.${name}`,
+          `must be whole milliseconds from ${registryLimits.minMonitorMs} to ${registryLimits.maxTtlMs}`,
+        );
+  }
 }
+
+/** Names of reference profiles: like other names, plus - and . (versions such as "2026-q4.v1"). */
+export const profileNamePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
 /** Join keys of a view's entities, in order; fails when two entities share a join-key name. */
 export function resolveViewJoinKeys(
@@ -150,6 +219,11 @@ function canonicalTags(tags: Readonly<Record<string, string>>): string {
   return JSON.stringify(Object.entries(tags).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }
 
+const sameDriftMonitor = (a?: DriftMonitorDefinition, b?: DriftMonitorDefinition): boolean =>
+  a === undefined || b === undefined
+    ? a === b
+    : a.referenceProfile === b.referenceProfile && a.intervalMs === b.intervalMs && a.windowMs === b.windowMs;
+
 /** Whether applying `next` over `current` changes anything at all. */
 export function isSameFeatureView(
   current: FeatureViewDefinition & { readonly joinKeys: readonly JoinKey[] },
@@ -170,7 +244,11 @@ export function isSameFeatureView(
         canonicalTags(feature.tags) === canonicalTags(other.tags) &&
         (feature.required ?? false) === (other.required ?? false) &&
         feature.min === other.min &&
-        feature.max === other.max
+        feature.max === other.max &&
+        (feature.allowedValues ?? []).join('\u0000') === (other.allowedValues ?? []).join('\u0000') &&
+        feature.maxNullRate === other.maxNullRate &&
+        feature.psiWarn === other.psiWarn &&
+        feature.psiAlert === other.psiAlert
       );
     }) &&
     current.ttlMs === next.ttlMs &&
@@ -178,7 +256,9 @@ export function isSameFeatureView(
     current.source === next.source &&
     current.owner === next.owner &&
     current.description === next.description &&
-    canonicalTags(current.tags) === canonicalTags(next.tags)
+    canonicalTags(current.tags) === canonicalTags(next.tags) &&
+    current.freshnessMs === next.freshnessMs &&
+    sameDriftMonitor(current.driftMonitor, next.driftMonitor)
   );
 }
 

@@ -133,6 +133,10 @@ export function featureViewFromProto(
         required: feature.required,
         ...(feature.min !== undefined ? { min: feature.min } : {}),
         ...(feature.max !== undefined ? { max: feature.max } : {}),
+        ...(feature.allowedValues.length > 0 ? { allowedValues: [...feature.allowedValues] } : {}),
+        ...(feature.maxNullRate !== undefined ? { maxNullRate: feature.maxNullRate } : {}),
+        ...(feature.psiWarn !== undefined ? { psiWarn: feature.psiWarn } : {}),
+        ...(feature.psiAlert !== undefined ? { psiAlert: feature.psiAlert } : {}),
       };
     }),
     ttlMs: ttlMsFromDuration(view.ttl, `${field}.ttl`),
@@ -141,6 +145,16 @@ export function featureViewFromProto(
     owner: view.owner,
     description: view.description,
     tags: { ...view.tags },
+    ...(view.freshness ? { freshnessMs: ttlMsFromDuration(view.freshness, `${field}.freshness`) } : {}),
+    ...(view.driftMonitor
+      ? {
+          driftMonitor: {
+            referenceProfile: view.driftMonitor.referenceProfile,
+            intervalMs: ttlMsFromDuration(view.driftMonitor.interval, `${field}.drift_monitor.interval`),
+            windowMs: ttlMsFromDuration(view.driftMonitor.window, `${field}.drift_monitor.window`),
+          },
+        }
+      : {}),
   };
 }
 
@@ -156,8 +170,22 @@ export function featureViewToProto(view: FeatureView): MessageInitShape<typeof F
       required: feature.required ?? false,
       min: feature.min,
       max: feature.max,
+      allowedValues: [...(feature.allowedValues ?? [])],
+      maxNullRate: feature.maxNullRate,
+      psiWarn: feature.psiWarn,
+      psiAlert: feature.psiAlert,
     })),
     ttl: durationFromMs(view.ttlMs),
+    ...(view.freshnessMs !== undefined ? { freshness: durationFromMs(view.freshnessMs) } : {}),
+    ...(view.driftMonitor
+      ? {
+          driftMonitor: {
+            referenceProfile: view.driftMonitor.referenceProfile,
+            interval: durationFromMs(view.driftMonitor.intervalMs),
+            window: durationFromMs(view.driftMonitor.windowMs),
+          },
+        }
+      : {}),
     online: view.online,
     source: sourceToProto[view.source],
     owner: view.owner,

@@ -52,6 +52,16 @@ export interface FeatureRowSegment {
   readonly lastRank: number;
 }
 
+/**
+ * Feature values of a view's rows, as PostgreSQL binary COPY rows `(event_time timestamptz,
+ * <the features asked for, in order>)`, decoded off the event loop by the profile worker
+ * (src/workers/profile-task.ts). `bytes` owns its buffer: it can be transferred.
+ */
+export interface FeatureValueSegment {
+  readonly bytes: Uint8Array;
+  readonly rows: number;
+}
+
 /** Distinct (keys, time) pairs, column-major. */
 export interface EntityTimes {
   readonly keys: readonly (readonly KeyValue[])[];
@@ -134,6 +144,21 @@ export interface OfflineStore {
     range: TimeRange,
     options: { readonly batchRows: number; readonly signal?: AbortSignal },
   ): AsyncIterable<EntityTimes>;
+  /**
+   * The values of `features` (indexes into `view.features`, the current version: rows of versions
+   * that lacked a feature, or typed it differently, hold null) of every row with event time in
+   * `range`, in no particular order, in segments of `segmentRows` rows (the last may be shorter).
+   * Streamed from one snapshot like `readPointInTime`.
+   */
+  readFeatureValues(
+    view: FeatureView,
+    range: TimeRange,
+    options: {
+      readonly features: readonly number[];
+      readonly segmentRows: number;
+      readonly signal?: AbortSignal;
+    },
+  ): AsyncIterable<FeatureValueSegment>;
   /** The end of the last recorded materialization of the view, or undefined. */
   lastMaterializedEnd(viewId: number): Promise<number | undefined>;
   /** Records that the view was materialized up to `endMicros` (kept when later than the stored end). */

@@ -14,6 +14,7 @@ import type { OnlineEntry, OnlineStore } from '../ports/online-store.js';
 import { resolveFeatures } from './feature-references.js';
 import type { RegistryCache, ServedView } from './registry-cache.js';
 import { countRows, joinKeyColumns, validateRows } from './rows.js';
+import type { ServedValueSampler } from './served-sample.js';
 
 export interface OnlineServingOptions {
   /** Most entity rows in one read or write (RESOURCE_EXHAUSTED above). */
@@ -22,6 +23,8 @@ export interface OnlineServingOptions {
   readonly onlineExpiryGraceMs: number;
   /** Clock in microseconds since the epoch; tests pin it. */
   readonly nowMicros?: () => number;
+  /** Offered every read's result (it samples some, off the response's path). */
+  readonly servedSampler?: ServedValueSampler;
 }
 
 export interface OnlineReadRequest {
@@ -261,7 +264,9 @@ export class OnlineFeatureService {
         columns[feature.output] = { reference: feature.reference, type, values, statuses, eventTimes };
       }
     }
-    return { columns, requestTimeMicros };
+    const result = { columns, requestTimeMicros };
+    this.options.servedSampler?.offer(request.project, result);
+    return result;
   }
 
   /**

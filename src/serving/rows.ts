@@ -86,9 +86,24 @@ function timesOf(field: string, times: readonly bigint[], rowCount: number, posi
   });
 }
 
+// Built once per feature definition (a registry version's objects live until the next version).
+const allowedSets = new WeakMap<FeatureDefinition, ReadonlySet<string>>();
+
+/** The allowed values of a feature as a set, or undefined when any value is allowed. */
+export function allowedValueSet(feature: FeatureDefinition): ReadonlySet<string> | undefined {
+  if (!feature.allowedValues || feature.allowedValues.length === 0) return undefined;
+  let set = allowedSets.get(feature);
+  if (!set) {
+    set = new Set(feature.allowedValues);
+    allowedSets.set(feature, set);
+  }
+  return set;
+}
+
 /**
  * Refuses the first value of a feature's column that breaks its rules: a null when required, a
- * value or list element outside [min, max], NaN when bounded. Rows are numbered from `firstRow`.
+ * value or list element outside [min, max], NaN when bounded, a value not among the allowed ones.
+ * Rows are numbered from `firstRow`.
  */
 function assertFeatureRules(
   feature: FeatureDefinition,
@@ -97,6 +112,17 @@ function assertFeatureRules(
 ): void {
   const { required = false, min, max } = feature;
   const bounded = min !== undefined || max !== undefined;
+  const allowed = allowedValueSet(feature);
+  if (allowed) {
+    for (let row = 0; row < values.length; row++) {
+      const value = values[row] as FeatureValue;
+      if (value !== null && !allowed.has(String(value)))
+        throw invalidArgument(
+          `rows[${firstRow + row}].features["${feature.name}"]`,
+          `${JSON.stringify(String(value))} is not one of the feature's allowed values`,
+        );
+    }
+  }
   if (!required && !bounded) return;
   // float values arrive rounded to float32, so a bound is compared rounded the same way: a
   // client sending exactly the bound (0.1 stored as float32) is within it.

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fstore/v1/registry.proto.
  */
 export const file_fstore_v1_registry: GenFile = /*@__PURE__*/
-  fileDesc("Chhmc3RvcmUvdjEvcmVnaXN0cnkucHJvdG8SCWZzdG9yZS52MSI7CgdKb2luS2V5EgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmZzdG9yZS52MS5WYWx1ZVR5cGUiggEKBkVudGl0eRIMCgRuYW1lGAEgASgJEiUKCWpvaW5fa2V5cxgCIAMoCzISLmZzdG9yZS52MS5Kb2luS2V5EhMKC2Rlc2NyaXB0aW9uGAMgASgJEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIu8BCgdGZWF0dXJlEgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmZzdG9yZS52MS5WYWx1ZVR5cGUSEwoLZGVzY3JpcHRpb24YAyABKAkSKgoEdGFncxgEIAMoCzIcLmZzdG9yZS52MS5GZWF0dXJlLlRhZ3NFbnRyeRIQCghyZXF1aXJlZBgFIAEoCBIQCgNtaW4YBiABKAFIAIgBARIQCgNtYXgYByABKAFIAYgBARorCglUYWdzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRfbWluQgYKBF9tYXgi+wIKC0ZlYXR1cmVWaWV3EgwKBG5hbWUYASABKAkSEAoIZW50aXRpZXMYAiADKAkSJAoIZmVhdHVyZXMYAyADKAsyEi5mc3RvcmUudjEuRmVhdHVyZRImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGb25saW5lGAUgASgIEiwKBnNvdXJjZRgGIAEoDjIcLmZzdG9yZS52MS5GZWF0dXJlVmlld1NvdXJjZRINCgVvd25lchgHIAEoCRITCgtkZXNjcmlwdGlvbhgIIAEoCRIuCgR0YWdzGAkgAygLMiAuZnN0b3JlLnYxLkZlYXR1cmVWaWV3LlRhZ3NFbnRyeRIPCgd2ZXJzaW9uGAogASgNEi4KCmNyZWF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGisKCVRhZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBInEKCkZlYXR1cmVTZXQSDAoEbmFtZRgBIAEoCRIQCghmZWF0dXJlcxgCIAMoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIuCgp1cGRhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK2AQoLQWdncmVnYXRpb24SDAoEbmFtZRgBIAEoCRIwCghmdW5jdGlvbhgCIAEoDjIeLmZzdG9yZS52MS5BZ2dyZWdhdGlvbkZ1bmN0aW9uEg0KBWZpZWxkGAMgASgJEi4KC3dpbmRvd19zaXplGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEigKBXNsaWRlGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIqwFChFTdHJlYW1BZ2dyZWdhdGlvbhIMCgRuYW1lGAEgASgJEg0KBXRvcGljGAIgASgJEisKCGVuY29kaW5nGAMgASgOMhkuZnN0b3JlLnYxLlN0cmVhbUVuY29kaW5nEhIKCmtleV9maWVsZHMYBCADKAkSEAoIZW50aXRpZXMYBSADKAkSGAoQZXZlbnRfdGltZV9maWVsZBgGIAEoCRIxCg9ldmVudF90aW1lX3VuaXQYByABKA4yGC5mc3RvcmUudjEuRXZlbnRUaW1lVW5pdBIyCg93YXRlcm1hcmtfYm91bmQYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMwoQYWxsb3dlZF9sYXRlbmVzcxgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIvCgxpZGxlX3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoMYWdncmVnYXRpb25zGAsgAygLMhYuZnN0b3JlLnYxLkFnZ3JlZ2F0aW9uEiMKG2VtaXRfZm9sbG93aW5nX2VtcHR5X3dpbmRvdxgMIAEoCBImCgN0dGwYDSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGb25saW5lGA4gASgIEg0KBW93bmVyGA8gASgJEhMKC2Rlc2NyaXB0aW9uGBAgASgJEjQKBHRhZ3MYESADKAsyJi5mc3RvcmUudjEuU3RyZWFtQWdncmVnYXRpb24uVGFnc0VudHJ5Ei4KCnVwZGF0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGisKCVRhZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlcKEkFwcGx5RW50aXR5UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEiEKBmVudGl0eRgCIAEoCzIRLmZzdG9yZS52MS5FbnRpdHkSDQoFZm9yY2UYAyABKAgiYgoTQXBwbHlFbnRpdHlSZXNwb25zZRIhCgZlbnRpdHkYASABKAsyES5mc3RvcmUudjEuRW50aXR5EigKB291dGNvbWUYAiABKA4yFy5mc3RvcmUudjEuQXBwbHlPdXRjb21lIjEKEEdldEVudGl0eVJlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIMCgRuYW1lGAIgASgJIjYKEUdldEVudGl0eVJlc3BvbnNlEiEKBmVudGl0eRgBIAEoCzIRLmZzdG9yZS52MS5FbnRpdHkiJgoTTGlzdEVudGl0aWVzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJIjsKFExpc3RFbnRpdGllc1Jlc3BvbnNlEiMKCGVudGl0aWVzGAEgAygLMhEuZnN0b3JlLnYxLkVudGl0eSI0ChNEZWxldGVFbnRpdHlSZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkSDAoEbmFtZRgCIAEoCSIWChREZWxldGVFbnRpdHlSZXNwb25zZSJnChdBcHBseUZlYXR1cmVWaWV3UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEiwKDGZlYXR1cmVfdmlldxgCIAEoCzIWLmZzdG9yZS52MS5GZWF0dXJlVmlldxINCgVmb3JjZRgDIAEoCCJyChhBcHBseUZlYXR1cmVWaWV3UmVzcG9uc2USLAoMZmVhdHVyZV92aWV3GAEgASgLMhYuZnN0b3JlLnYxLkZlYXR1cmVWaWV3EigKB291dGNvbWUYAiABKA4yFy5mc3RvcmUudjEuQXBwbHlPdXRjb21lIkcKFUdldEZlYXR1cmVWaWV3UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEgwKBG5hbWUYAiABKAkSDwoHdmVyc2lvbhgDIAEoDSJGChZHZXRGZWF0dXJlVmlld1Jlc3BvbnNlEiwKDGZlYXR1cmVfdmlldxgBIAEoCzIWLmZzdG9yZS52MS5GZWF0dXJlVmlldyIqChdMaXN0RmVhdHVyZVZpZXdzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJIkkKGExpc3RGZWF0dXJlVmlld3NSZXNwb25zZRItCg1mZWF0dXJlX3ZpZXdzGAEgAygLMhYuZnN0b3JlLnYxLkZlYXR1cmVWaWV3Ij8KHkxpc3RGZWF0dXJlVmlld1ZlcnNpb25zUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEgwKBG5hbWUYAiABKAkiSwofTGlzdEZlYXR1cmVWaWV3VmVyc2lvbnNSZXNwb25zZRIoCgh2ZXJzaW9ucxgBIAMoCzIWLmZzdG9yZS52MS5GZWF0dXJlVmlldyI5ChhEZWxldGVGZWF0dXJlVmlld1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIMCgRuYW1lGAIgASgJIhsKGURlbGV0ZUZlYXR1cmVWaWV3UmVzcG9uc2UiVQoWQXBwbHlGZWF0dXJlU2V0UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEioKC2ZlYXR1cmVfc2V0GAIgASgLMhUuZnN0b3JlLnYxLkZlYXR1cmVTZXQibwoXQXBwbHlGZWF0dXJlU2V0UmVzcG9uc2USKgoLZmVhdHVyZV9zZXQYASABKAsyFS5mc3RvcmUudjEuRmVhdHVyZVNldBIoCgdvdXRjb21lGAIgASgOMhcuZnN0b3JlLnYxLkFwcGx5T3V0Y29tZSI1ChRHZXRGZWF0dXJlU2V0UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEgwKBG5hbWUYAiABKAkiQwoVR2V0RmVhdHVyZVNldFJlc3BvbnNlEioKC2ZlYXR1cmVfc2V0GAEgASgLMhUuZnN0b3JlLnYxLkZlYXR1cmVTZXQiKQoWTGlzdEZlYXR1cmVTZXRzUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJIkYKF0xpc3RGZWF0dXJlU2V0c1Jlc3BvbnNlEisKDGZlYXR1cmVfc2V0cxgBIAMoCzIVLmZzdG9yZS52MS5GZWF0dXJlU2V0IjgKF0RlbGV0ZUZlYXR1cmVTZXRSZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkSDAoEbmFtZRgCIAEoCSIaChhEZWxldGVGZWF0dXJlU2V0UmVzcG9uc2UieQodQXBwbHlTdHJlYW1BZ2dyZWdhdGlvblJlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRI4ChJzdHJlYW1fYWdncmVnYXRpb24YAiABKAsyHC5mc3RvcmUudjEuU3RyZWFtQWdncmVnYXRpb24SDQoFZm9yY2UYAyABKAgisgEKHkFwcGx5U3RyZWFtQWdncmVnYXRpb25SZXNwb25zZRI4ChJzdHJlYW1fYWdncmVnYXRpb24YASABKAsyHC5mc3RvcmUudjEuU3RyZWFtQWdncmVnYXRpb24SLAoMZmVhdHVyZV92aWV3GAIgASgLMhYuZnN0b3JlLnYxLkZlYXR1cmVWaWV3EigKB291dGNvbWUYAyABKA4yFy5mc3RvcmUudjEuQXBwbHlPdXRjb21lIjwKG0dldFN0cmVhbUFnZ3JlZ2F0aW9uUmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEgwKBG5hbWUYAiABKAkiWAocR2V0U3RyZWFtQWdncmVnYXRpb25SZXNwb25zZRI4ChJzdHJlYW1fYWdncmVnYXRpb24YASABKAsyHC5mc3RvcmUudjEuU3RyZWFtQWdncmVnYXRpb24iMAodTGlzdFN0cmVhbUFnZ3JlZ2F0aW9uc1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCSJbCh5MaXN0U3RyZWFtQWdncmVnYXRpb25zUmVzcG9uc2USOQoTc3RyZWFtX2FnZ3JlZ2F0aW9ucxgBIAMoCzIcLmZzdG9yZS52MS5TdHJlYW1BZ2dyZWdhdGlvbiI/Ch5EZWxldGVTdHJlYW1BZ2dyZWdhdGlvblJlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIMCgRuYW1lGAIgASgJIiEKH0RlbGV0ZVN0cmVhbUFnZ3JlZ2F0aW9uUmVzcG9uc2UiFQoTTGlzdFByb2plY3RzUmVxdWVzdCIoChRMaXN0UHJvamVjdHNSZXNwb25zZRIQCghwcm9qZWN0cxgBIAMoCSqVAQoRRmVhdHVyZVZpZXdTb3VyY2USIwofRkVBVFVSRV9WSUVXX1NPVVJDRV9VTlNQRUNJRklFRBAAEh0KGUZFQVRVUkVfVklFV19TT1VSQ0VfQkFUQ0gQARIcChhGRUFUVVJFX1ZJRVdfU09VUkNFX1BVU0gQAhIeChpGRUFUVVJFX1ZJRVdfU09VUkNFX1NUUkVBTRADKmgKDlN0cmVhbUVuY29kaW5nEh8KG1NUUkVBTV9FTkNPRElOR19VTlNQRUNJRklFRBAAEhgKFFNUUkVBTV9FTkNPRElOR19KU09OEAESGwoXU1RSRUFNX0VOQ09ESU5HX01TR1BBQ0sQAiq0AQoNRXZlbnRUaW1lVW5pdBIfChtFVkVOVF9USU1FX1VOSVRfVU5TUEVDSUZJRUQQABIgChxFVkVOVF9USU1FX1VOSVRfRVBPQ0hfTUlDUk9TEAESIAocRVZFTlRfVElNRV9VTklUX0VQT0NIX01JTExJUxACEiEKHUVWRU5UX1RJTUVfVU5JVF9FUE9DSF9TRUNPTkRTEAMSGwoXRVZFTlRfVElNRV9VTklUX0lTTzg2MDEQBCrnAgoTQWdncmVnYXRpb25GdW5jdGlvbhIkCiBBR0dSRUdBVElPTl9GVU5DVElPTl9VTlNQRUNJRklFRBAAEh4KGkFHR1JFR0FUSU9OX0ZVTkNUSU9OX0NPVU5UEAESHAoYQUdHUkVHQVRJT05fRlVOQ1RJT05fU1VNEAISHQoZQUdHUkVHQVRJT05fRlVOQ1RJT05fTUVBThADEhwKGEFHR1JFR0FUSU9OX0ZVTkNUSU9OX01JThAEEhwKGEFHR1JFR0FUSU9OX0ZVTkNUSU9OX01BWBAFEiMKH0FHR1JFR0FUSU9OX0ZVTkNUSU9OX1NURERFVl9QT1AQBhIkCiBBR0dSRUdBVElPTl9GVU5DVElPTl9TVERERVZfU0FNUBAHEh0KGUFHR1JFR0FUSU9OX0ZVTkNUSU9OX0xBU1QQCBInCiNBR0dSRUdBVElPTl9GVU5DVElPTl9ESVNUSU5DVF9DT1VOVBAJKoABCgxBcHBseU91dGNvbWUSHQoZQVBQTFlfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhkKFUFQUExZX09VVENPTUVfQ1JFQVRFRBABEhsKF0FQUExZX09VVENPTUVfVU5DSEFOR0VEEAISGQoVQVBQTFlfT1VUQ09NRV9VUERBVEVEEAMymw0KD1JlZ2lzdHJ5U2VydmljZRJMCgtBcHBseUVudGl0eRIdLmZzdG9yZS52MS5BcHBseUVudGl0eVJlcXVlc3QaHi5mc3RvcmUudjEuQXBwbHlFbnRpdHlSZXNwb25zZRJGCglHZXRFbnRpdHkSGy5mc3RvcmUudjEuR2V0RW50aXR5UmVxdWVzdBocLmZzdG9yZS52MS5HZXRFbnRpdHlSZXNwb25zZRJPCgxMaXN0RW50aXRpZXMSHi5mc3RvcmUudjEuTGlzdEVudGl0aWVzUmVxdWVzdBofLmZzdG9yZS52MS5MaXN0RW50aXRpZXNSZXNwb25zZRJPCgxEZWxldGVFbnRpdHkSHi5mc3RvcmUudjEuRGVsZXRlRW50aXR5UmVxdWVzdBofLmZzdG9yZS52MS5EZWxldGVFbnRpdHlSZXNwb25zZRJbChBBcHBseUZlYXR1cmVWaWV3EiIuZnN0b3JlLnYxLkFwcGx5RmVhdHVyZVZpZXdSZXF1ZXN0GiMuZnN0b3JlLnYxLkFwcGx5RmVhdHVyZVZpZXdSZXNwb25zZRJVCg5HZXRGZWF0dXJlVmlldxIgLmZzdG9yZS52MS5HZXRGZWF0dXJlVmlld1JlcXVlc3QaIS5mc3RvcmUudjEuR2V0RmVhdHVyZVZpZXdSZXNwb25zZRJbChBMaXN0RmVhdHVyZVZpZXdzEiIuZnN0b3JlLnYxLkxpc3RGZWF0dXJlVmlld3NSZXF1ZXN0GiMuZnN0b3JlLnYxLkxpc3RGZWF0dXJlVmlld3NSZXNwb25zZRJwChdMaXN0RmVhdHVyZVZpZXdWZXJzaW9ucxIpLmZzdG9yZS52MS5MaXN0RmVhdHVyZVZpZXdWZXJzaW9uc1JlcXVlc3QaKi5mc3RvcmUudjEuTGlzdEZlYXR1cmVWaWV3VmVyc2lvbnNSZXNwb25zZRJeChFEZWxldGVGZWF0dXJlVmlldxIjLmZzdG9yZS52MS5EZWxldGVGZWF0dXJlVmlld1JlcXVlc3QaJC5mc3RvcmUudjEuRGVsZXRlRmVhdHVyZVZpZXdSZXNwb25zZRJYCg9BcHBseUZlYXR1cmVTZXQSIS5mc3RvcmUudjEuQXBwbHlGZWF0dXJlU2V0UmVxdWVzdBoiLmZzdG9yZS52MS5BcHBseUZlYXR1cmVTZXRSZXNwb25zZRJSCg1HZXRGZWF0dXJlU2V0Eh8uZnN0b3JlLnYxLkdldEZlYXR1cmVTZXRSZXF1ZXN0GiAuZnN0b3JlLnYxLkdldEZlYXR1cmVTZXRSZXNwb25zZRJYCg9MaXN0RmVhdHVyZVNldHMSIS5mc3RvcmUudjEuTGlzdEZlYXR1cmVTZXRzUmVxdWVzdBoiLmZzdG9yZS52MS5MaXN0RmVhdHVyZVNldHNSZXNwb25zZRJbChBEZWxldGVGZWF0dXJlU2V0EiIuZnN0b3JlLnYxLkRlbGV0ZUZlYXR1cmVTZXRSZXF1ZXN0GiMuZnN0b3JlLnYxLkRlbGV0ZUZlYXR1cmVTZXRSZXNwb25zZRJtChZBcHBseVN0cmVhbUFnZ3JlZ2F0aW9uEiguZnN0b3JlLnYxLkFwcGx5U3RyZWFtQWdncmVnYXRpb25SZXF1ZXN0GikuZnN0b3JlLnYxLkFwcGx5U3RyZWFtQWdncmVnYXRpb25SZXNwb25zZRJnChRHZXRTdHJlYW1BZ2dyZWdhdGlvbhImLmZzdG9yZS52MS5HZXRTdHJlYW1BZ2dyZWdhdGlvblJlcXVlc3QaJy5mc3RvcmUudjEuR2V0U3RyZWFtQWdncmVnYXRpb25SZXNwb25zZRJtChZMaXN0U3RyZWFtQWdncmVnYXRpb25zEiguZnN0b3JlLnYxLkxpc3RTdHJlYW1BZ2dyZWdhdGlvbnNSZXF1ZXN0GikuZnN0b3JlLnYxLkxpc3RTdHJlYW1BZ2dyZWdhdGlvbnNSZXNwb25zZRJwChdEZWxldGVTdHJlYW1BZ2dyZWdhdGlvbhIpLmZzdG9yZS52MS5EZWxldGVTdHJlYW1BZ2dyZWdhdGlvblJlcXVlc3QaKi5mc3RvcmUudjEuRGVsZXRlU3RyZWFtQWdncmVnYXRpb25SZXNwb25zZRJPCgxMaXN0UHJvamVjdHMSHi5mc3RvcmUudjEuTGlzdFByb2plY3RzUmVxdWVzdBofLmZzdG9yZS52MS5MaXN0UHJvamVjdHNSZXNwb25zZWIGcHJvdG8z", [file_fstore_v1_values, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Chhmc3RvcmUvdjEvcmVnaXN0cnkucHJvdG8SCWZzdG9yZS52MSI7CgdKb2luS2V5EgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmZzdG9yZS52MS5WYWx1ZVR5cGUiggEKBkVudGl0eRIMCgRuYW1lGAEgASgJEiUKCWpvaW5fa2V5cxgCIAMoCzISLmZzdG9yZS52MS5Kb2luS2V5EhMKC2Rlc2NyaXB0aW9uGAMgASgJEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIv8CCgdGZWF0dXJlEgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmZzdG9yZS52MS5WYWx1ZVR5cGUSEwoLZGVzY3JpcHRpb24YAyABKAkSKgoEdGFncxgEIAMoCzIcLmZzdG9yZS52MS5GZWF0dXJlLlRhZ3NFbnRyeRIQCghyZXF1aXJlZBgFIAEoCBIQCgNtaW4YBiABKAFIAIgBARIQCgNtYXgYByABKAFIAYgBARIWCg5hbGxvd2VkX3ZhbHVlcxgIIAMoCRIaCg1tYXhfbnVsbF9yYXRlGAkgASgBSAKIAQESFQoIcHNpX3dhcm4YCiABKAFIA4gBARIWCglwc2lfYWxlcnQYCyABKAFIBIgBARorCglUYWdzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIGCgRfbWluQgYKBF9tYXhCEAoOX21heF9udWxsX3JhdGVCCwoJX3BzaV93YXJuQgwKCl9wc2lfYWxlcnQigQEKDERyaWZ0TW9uaXRvchIZChFyZWZlcmVuY2VfcHJvZmlsZRgBIAEoCRIrCghpbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIpCgZ3aW5kb3cYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i2QMKC0ZlYXR1cmVWaWV3EgwKBG5hbWUYASABKAkSEAoIZW50aXRpZXMYAiADKAkSJAoIZmVhdHVyZXMYAyADKAsyEi5mc3RvcmUudjEuRmVhdHVyZRImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGb25saW5lGAUgASgIEiwKBnNvdXJjZRgGIAEoDjIcLmZzdG9yZS52MS5GZWF0dXJlVmlld1NvdXJjZRINCgVvd25lchgHIAEoCRITCgtkZXNjcmlwdGlvbhgIIAEoCRIuCgR0YWdzGAkgAygLMiAuZnN0b3JlLnYxLkZlYXR1cmVWaWV3LlRhZ3NFbnRyeRIPCgd2ZXJzaW9uGAogASgNEi4KCmNyZWF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCWZyZXNobmVzcxgMIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCg1kcmlmdF9tb25pdG9yGA0gASgLMhcuZnN0b3JlLnYxLkRyaWZ0TW9uaXRvchorCglUYWdzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJxCgpGZWF0dXJlU2V0EgwKBG5hbWUYASABKAkSEAoIZmVhdHVyZXMYAiADKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSLgoKdXBkYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAitgEKC0FnZ3JlZ2F0aW9uEgwKBG5hbWUYASABKAkSMAoIZnVuY3Rpb24YAiABKA4yHi5mc3RvcmUudjEuQWdncmVnYXRpb25GdW5jdGlvbhINCgVmaWVsZBgDIAEoCRIuCgt3aW5kb3dfc2l6ZRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIoCgVzbGlkZRgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKsBQoRU3RyZWFtQWdncmVnYXRpb24SDAoEbmFtZRgBIAEoCRINCgV0b3BpYxgCIAEoCRIrCghlbmNvZGluZxgDIAEoDjIZLmZzdG9yZS52MS5TdHJlYW1FbmNvZGluZxISCgprZXlfZmllbGRzGAQgAygJEhAKCGVudGl0aWVzGAUgAygJEhgKEGV2ZW50X3RpbWVfZmllbGQYBiABKAkSMQoPZXZlbnRfdGltZV91bml0GAcgASgOMhguZnN0b3JlLnYxLkV2ZW50VGltZVVuaXQSMgoPd2F0ZXJtYXJrX2JvdW5kGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjMKEGFsbG93ZWRfbGF0ZW5lc3MYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMaWRsZV90aW1lb3V0GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKDGFnZ3JlZ2F0aW9ucxgLIAMoCzIWLmZzdG9yZS52MS5BZ2dyZWdhdGlvbhIjChtlbWl0X2ZvbGxvd2luZ19lbXB0eV93aW5kb3cYDCABKAgSJgoDdHRsGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg4KBm9ubGluZRgOIAEoCBINCgVvd25lchgPIAEoCRITCgtkZXNjcmlwdGlvbhgQIAEoCRI0CgR0YWdzGBEgAygLMiYuZnN0b3JlLnYxLlN0cmVhbUFnZ3JlZ2F0aW9uLlRhZ3NFbnRyeRIuCgp1cGRhdGVkX2F0GBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBorCglUYWdzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJXChJBcHBseUVudGl0eVJlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIhCgZlbnRpdHkYAiABKAsyES5mc3RvcmUudjEuRW50aXR5Eg0KBWZvcmNlGAMgASgIImIKE0FwcGx5RW50aXR5UmVzcG9uc2USIQoGZW50aXR5GAEgASgLMhEuZnN0b3JlLnYxLkVudGl0eRIoCgdvdXRjb21lGAIgASgOMhcuZnN0b3JlLnYxLkFwcGx5T3V0Y29tZSIxChBHZXRFbnRpdHlSZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkSDAoEbmFtZRgCIAEoCSI2ChFHZXRFbnRpdHlSZXNwb25zZRIhCgZlbnRpdHkYASABKAsyES5mc3RvcmUudjEuRW50aXR5IiYKE0xpc3RFbnRpdGllc1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCSI7ChRMaXN0RW50aXRpZXNSZXNwb25zZRIjCghlbnRpdGllcxgBIAMoCzIRLmZzdG9yZS52MS5FbnRpdHkiNAoTRGVsZXRlRW50aXR5UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEgwKBG5hbWUYAiABKAkiFgoURGVsZXRlRW50aXR5UmVzcG9uc2UiZwoXQXBwbHlGZWF0dXJlVmlld1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIsCgxmZWF0dXJlX3ZpZXcYAiABKAsyFi5mc3RvcmUudjEuRmVhdHVyZVZpZXcSDQoFZm9yY2UYAyABKAgicgoYQXBwbHlGZWF0dXJlVmlld1Jlc3BvbnNlEiwKDGZlYXR1cmVfdmlldxgBIAEoCzIWLmZzdG9yZS52MS5GZWF0dXJlVmlldxIoCgdvdXRjb21lGAIgASgOMhcuZnN0b3JlLnYxLkFwcGx5T3V0Y29tZSJHChVHZXRGZWF0dXJlVmlld1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB3ZlcnNpb24YAyABKA0iRgoWR2V0RmVhdHVyZVZpZXdSZXNwb25zZRIsCgxmZWF0dXJlX3ZpZXcYASABKAsyFi5mc3RvcmUudjEuRmVhdHVyZVZpZXciKgoXTGlzdEZlYXR1cmVWaWV3c1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCSJJChhMaXN0RmVhdHVyZVZpZXdzUmVzcG9uc2USLQoNZmVhdHVyZV92aWV3cxgBIAMoCzIWLmZzdG9yZS52MS5GZWF0dXJlVmlldyI/Ch5MaXN0RmVhdHVyZVZpZXdWZXJzaW9uc1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIMCgRuYW1lGAIgASgJIksKH0xpc3RGZWF0dXJlVmlld1ZlcnNpb25zUmVzcG9uc2USKAoIdmVyc2lvbnMYASADKAsyFi5mc3RvcmUudjEuRmVhdHVyZVZpZXciOQoYRGVsZXRlRmVhdHVyZVZpZXdSZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkSDAoEbmFtZRgCIAEoCSIbChlEZWxldGVGZWF0dXJlVmlld1Jlc3BvbnNlIlUKFkFwcGx5RmVhdHVyZVNldFJlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIqCgtmZWF0dXJlX3NldBgCIAEoCzIVLmZzdG9yZS52MS5GZWF0dXJlU2V0Im8KF0FwcGx5RmVhdHVyZVNldFJlc3BvbnNlEioKC2ZlYXR1cmVfc2V0GAEgASgLMhUuZnN0b3JlLnYxLkZlYXR1cmVTZXQSKAoHb3V0Y29tZRgCIAEoDjIXLmZzdG9yZS52MS5BcHBseU91dGNvbWUiNQoUR2V0RmVhdHVyZVNldFJlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIMCgRuYW1lGAIgASgJIkMKFUdldEZlYXR1cmVTZXRSZXNwb25zZRIqCgtmZWF0dXJlX3NldBgBIAEoCzIVLmZzdG9yZS52MS5GZWF0dXJlU2V0IikKFkxpc3RGZWF0dXJlU2V0c1JlcXVlc3QSDwoHcHJvamVjdBgBIAEoCSJGChdMaXN0RmVhdHVyZVNldHNSZXNwb25zZRIrCgxmZWF0dXJlX3NldHMYASADKAsyFS5mc3RvcmUudjEuRmVhdHVyZVNldCI4ChdEZWxldGVGZWF0dXJlU2V0UmVxdWVzdBIPCgdwcm9qZWN0GAEgASgJEgwKBG5hbWUYAiABKAkiGgoYRGVsZXRlRmVhdHVyZVNldFJlc3BvbnNlInkKHUFwcGx5U3RyZWFtQWdncmVnYXRpb25SZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkSOAoSc3RyZWFtX2FnZ3JlZ2F0aW9uGAIgASgLMhwuZnN0b3JlLnYxLlN0cmVhbUFnZ3JlZ2F0aW9uEg0KBWZvcmNlGAMgASgIIrIBCh5BcHBseVN0cmVhbUFnZ3JlZ2F0aW9uUmVzcG9uc2USOAoSc3RyZWFtX2FnZ3JlZ2F0aW9uGAEgASgLMhwuZnN0b3JlLnYxLlN0cmVhbUFnZ3JlZ2F0aW9uEiwKDGZlYXR1cmVfdmlldxgCIAEoCzIWLmZzdG9yZS52MS5GZWF0dXJlVmlldxIoCgdvdXRjb21lGAMgASgOMhcuZnN0b3JlLnYxLkFwcGx5T3V0Y29tZSI8ChtHZXRTdHJlYW1BZ2dyZWdhdGlvblJlcXVlc3QSDwoHcHJvamVjdBgBIAEoCRIMCgRuYW1lGAIgASgJIlgKHEdldFN0cmVhbUFnZ3JlZ2F0aW9uUmVzcG9uc2USOAoSc3RyZWFtX2FnZ3JlZ2F0aW9uGAEgASgLMhwuZnN0b3JlLnYxLlN0cmVhbUFnZ3JlZ2F0aW9uIjAKHUxpc3RTdHJlYW1BZ2dyZWdhdGlvbnNSZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkiWwoeTGlzdFN0cmVhbUFnZ3JlZ2F0aW9uc1Jlc3BvbnNlEjkKE3N0cmVhbV9hZ2dyZWdhdGlvbnMYASADKAsyHC5mc3RvcmUudjEuU3RyZWFtQWdncmVnYXRpb24iPwoeRGVsZXRlU3RyZWFtQWdncmVnYXRpb25SZXF1ZXN0Eg8KB3Byb2plY3QYASABKAkSDAoEbmFtZRgCIAEoCSIhCh9EZWxldGVTdHJlYW1BZ2dyZWdhdGlvblJlc3BvbnNlIhUKE0xpc3RQcm9qZWN0c1JlcXVlc3QiKAoUTGlzdFByb2plY3RzUmVzcG9uc2USEAoIcHJvamVjdHMYASADKAkqlQEKEUZlYXR1cmVWaWV3U291cmNlEiMKH0ZFQVRVUkVfVklFV19TT1VSQ0VfVU5TUEVDSUZJRUQQABIdChlGRUFUVVJFX1ZJRVdfU09VUkNFX0JBVENIEAESHAoYRkVBVFVSRV9WSUVXX1NPVVJDRV9QVVNIEAISHgoaRkVBVFVSRV9WSUVXX1NPVVJDRV9TVFJFQU0QAypoCg5TdHJlYW1FbmNvZGluZxIfChtTVFJFQU1fRU5DT0RJTkdfVU5TUEVDSUZJRUQQABIYChRTVFJFQU1fRU5DT0RJTkdfSlNPThABEhsKF1NUUkVBTV9FTkNPRElOR19NU0dQQUNLEAIqtAEKDUV2ZW50VGltZVVuaXQSHwobRVZFTlRfVElNRV9VTklUX1VOU1BFQ0lGSUVEEAASIAocRVZFTlRfVElNRV9VTklUX0VQT0NIX01JQ1JPUxABEiAKHEVWRU5UX1RJTUVfVU5JVF9FUE9DSF9NSUxMSVMQAhIhCh1FVkVOVF9USU1FX1VOSVRfRVBPQ0hfU0VDT05EUxADEhsKF0VWRU5UX1RJTUVfVU5JVF9JU084NjAxEAQq5wIKE0FnZ3JlZ2F0aW9uRnVuY3Rpb24SJAogQUdHUkVHQVRJT05fRlVOQ1RJT05fVU5TUEVDSUZJRUQQABIeChpBR0dSRUdBVElPTl9GVU5DVElPTl9DT1VOVBABEhwKGEFHR1JFR0FUSU9OX0ZVTkNUSU9OX1NVTRACEh0KGUFHR1JFR0FUSU9OX0ZVTkNUSU9OX01FQU4QAxIcChhBR0dSRUdBVElPTl9GVU5DVElPTl9NSU4QBBIcChhBR0dSRUdBVElPTl9GVU5DVElPTl9NQVgQBRIjCh9BR0dSRUdBVElPTl9GVU5DVElPTl9TVERERVZfUE9QEAYSJAogQUdHUkVHQVRJT05fRlVOQ1RJT05fU1REREVWX1NBTVAQBxIdChlBR0dSRUdBVElPTl9GVU5DVElPTl9MQVNUEAgSJwojQUdHUkVHQVRJT05fRlVOQ1RJT05fRElTVElOQ1RfQ09VTlQQCSqAAQoMQXBwbHlPdXRjb21lEh0KGUFQUExZX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVBUFBMWV9PVVRDT01FX0NSRUFURUQQARIbChdBUFBMWV9PVVRDT01FX1VOQ0hBTkdFRBACEhkKFUFQUExZX09VVENPTUVfVVBEQVRFRBADMpsNCg9SZWdpc3RyeVNlcnZpY2USTAoLQXBwbHlFbnRpdHkSHS5mc3RvcmUudjEuQXBwbHlFbnRpdHlSZXF1ZXN0Gh4uZnN0b3JlLnYxLkFwcGx5RW50aXR5UmVzcG9uc2USRgoJR2V0RW50aXR5EhsuZnN0b3JlLnYxLkdldEVudGl0eVJlcXVlc3QaHC5mc3RvcmUudjEuR2V0RW50aXR5UmVzcG9uc2USTwoMTGlzdEVudGl0aWVzEh4uZnN0b3JlLnYxLkxpc3RFbnRpdGllc1JlcXVlc3QaHy5mc3RvcmUudjEuTGlzdEVudGl0aWVzUmVzcG9uc2USTwoMRGVsZXRlRW50aXR5Eh4uZnN0b3JlLnYxLkRlbGV0ZUVudGl0eVJlcXVlc3QaHy5mc3RvcmUudjEuRGVsZXRlRW50aXR5UmVzcG9uc2USWwoQQXBwbHlGZWF0dXJlVmlldxIiLmZzdG9yZS52MS5BcHBseUZlYXR1cmVWaWV3UmVxdWVzdBojLmZzdG9yZS52MS5BcHBseUZlYXR1cmVWaWV3UmVzcG9uc2USVQoOR2V0RmVhdHVyZVZpZXcSIC5mc3RvcmUudjEuR2V0RmVhdHVyZVZpZXdSZXF1ZXN0GiEuZnN0b3JlLnYxLkdldEZlYXR1cmVWaWV3UmVzcG9uc2USWwoQTGlzdEZlYXR1cmVWaWV3cxIiLmZzdG9yZS52MS5MaXN0RmVhdHVyZVZpZXdzUmVxdWVzdBojLmZzdG9yZS52MS5MaXN0RmVhdHVyZVZpZXdzUmVzcG9uc2UScAoXTGlzdEZlYXR1cmVWaWV3VmVyc2lvbnMSKS5mc3RvcmUudjEuTGlzdEZlYXR1cmVWaWV3VmVyc2lvbnNSZXF1ZXN0GiouZnN0b3JlLnYxLkxpc3RGZWF0dXJlVmlld1ZlcnNpb25zUmVzcG9uc2USXgoRRGVsZXRlRmVhdHVyZVZpZXcSIy5mc3RvcmUudjEuRGVsZXRlRmVhdHVyZVZpZXdSZXF1ZXN0GiQuZnN0b3JlLnYxLkRlbGV0ZUZlYXR1cmVWaWV3UmVzcG9uc2USWAoPQXBwbHlGZWF0dXJlU2V0EiEuZnN0b3JlLnYxLkFwcGx5RmVhdHVyZVNldFJlcXVlc3QaIi5mc3RvcmUudjEuQXBwbHlGZWF0dXJlU2V0UmVzcG9uc2USUgoNR2V0RmVhdHVyZVNldBIfLmZzdG9yZS52MS5HZXRGZWF0dXJlU2V0UmVxdWVzdBogLmZzdG9yZS52MS5HZXRGZWF0dXJlU2V0UmVzcG9uc2USWAoPTGlzdEZlYXR1cmVTZXRzEiEuZnN0b3JlLnYxLkxpc3RGZWF0dXJlU2V0c1JlcXVlc3QaIi5mc3RvcmUudjEuTGlzdEZlYXR1cmVTZXRzUmVzcG9uc2USWwoQRGVsZXRlRmVhdHVyZVNldBIiLmZzdG9yZS52MS5EZWxldGVGZWF0dXJlU2V0UmVxdWVzdBojLmZzdG9yZS52MS5EZWxldGVGZWF0dXJlU2V0UmVzcG9uc2USbQoWQXBwbHlTdHJlYW1BZ2dyZWdhdGlvbhIoLmZzdG9yZS52MS5BcHBseVN0cmVhbUFnZ3JlZ2F0aW9uUmVxdWVzdBopLmZzdG9yZS52MS5BcHBseVN0cmVhbUFnZ3JlZ2F0aW9uUmVzcG9uc2USZwoUR2V0U3RyZWFtQWdncmVnYXRpb24SJi5mc3RvcmUudjEuR2V0U3RyZWFtQWdncmVnYXRpb25SZXF1ZXN0GicuZnN0b3JlLnYxLkdldFN0cmVhbUFnZ3JlZ2F0aW9uUmVzcG9uc2USbQoWTGlzdFN0cmVhbUFnZ3JlZ2F0aW9ucxIoLmZzdG9yZS52MS5MaXN0U3RyZWFtQWdncmVnYXRpb25zUmVxdWVzdBopLmZzdG9yZS52MS5MaXN0U3RyZWFtQWdncmVnYXRpb25zUmVzcG9uc2UScAoXRGVsZXRlU3RyZWFtQWdncmVnYXRpb24SKS5mc3RvcmUudjEuRGVsZXRlU3RyZWFtQWdncmVnYXRpb25SZXF1ZXN0GiouZnN0b3JlLnYxLkRlbGV0ZVN0cmVhbUFnZ3JlZ2F0aW9uUmVzcG9uc2USTwoMTGlzdFByb2plY3RzEh4uZnN0b3JlLnYxLkxpc3RQcm9qZWN0c1JlcXVlc3QaHy5mc3RvcmUudjEuTGlzdFByb2plY3RzUmVzcG9uc2ViBnByb3RvMw", [file_fstore_v1_values, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A join key of an entity.
@@ -132,6 +132,35 @@ export type Feature = Message<"fstore.v1.Feature"> & {
    * @generated from field: optional double max = 7;
    */
   max?: number | undefined;
+
+  /**
+   * Allowed values of a string or int64 feature (int64 as decimal text), checked like `min` and
+   * `max` on every row written; empty: any value. At most 10,000 values.
+   *
+   * @generated from field: repeated string allowed_values = 8;
+   */
+  allowedValues: string[];
+
+  /**
+   * Monitoring rules: they judge stored data (GetDataQualityReport, the scheduled drift check),
+   * they reject nothing.
+   * Most nulls among a checked range's values, a fraction in [0, 1].
+   *
+   * @generated from field: optional double max_null_rate = 9;
+   */
+  maxNullRate?: number | undefined;
+
+  /**
+   * PSI bands of the drift report for this feature; unset: 0.1 (warn) and 0.25 (alert).
+   *
+   * @generated from field: optional double psi_warn = 10;
+   */
+  psiWarn?: number | undefined;
+
+  /**
+   * @generated from field: optional double psi_alert = 11;
+   */
+  psiAlert?: number | undefined;
 };
 
 /**
@@ -140,6 +169,43 @@ export type Feature = Message<"fstore.v1.Feature"> & {
  */
 export const FeatureSchema: GenMessage<Feature> = /*@__PURE__*/
   messageDesc(file_fstore_v1_registry, 2);
+
+/**
+ * A scheduled drift check of a view: every `interval`, the profile of the view's offline rows
+ * of the last `window` is compared with a saved reference profile; the measures are exported as
+ * Prometheus gauges and a crossed PSI band is logged as an alert event.
+ *
+ * @generated from message fstore.v1.DriftMonitor
+ */
+export type DriftMonitor = Message<"fstore.v1.DriftMonitor"> & {
+  /**
+   * The reference profile's name (MonitoringService.SaveReferenceProfile); its latest version is used.
+   *
+   * @generated from field: string reference_profile = 1;
+   */
+  referenceProfile: string;
+
+  /**
+   * How often the check runs; at least one second.
+   *
+   * @generated from field: google.protobuf.Duration interval = 2;
+   */
+  interval?: Duration | undefined;
+
+  /**
+   * How far back from the check's time the current data reaches; at least one second.
+   *
+   * @generated from field: google.protobuf.Duration window = 3;
+   */
+  window?: Duration | undefined;
+};
+
+/**
+ * Describes the message fstore.v1.DriftMonitor.
+ * Use `create(DriftMonitorSchema)` to create a new message.
+ */
+export const DriftMonitorSchema: GenMessage<DriftMonitor> = /*@__PURE__*/
+  messageDesc(file_fstore_v1_registry, 3);
 
 /**
  * A named, versioned group of features keyed by one or more entities.
@@ -216,6 +282,21 @@ export type FeatureView = Message<"fstore.v1.FeatureView"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 11;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * Monitoring rule: the newest event of the view should be at most this old (whole
+   * milliseconds; unset: no rule). Served values' age is exported whatever the rule.
+   *
+   * @generated from field: google.protobuf.Duration freshness = 12;
+   */
+  freshness?: Duration | undefined;
+
+  /**
+   * Unset: no scheduled drift check.
+   *
+   * @generated from field: fstore.v1.DriftMonitor drift_monitor = 13;
+   */
+  driftMonitor?: DriftMonitor | undefined;
 };
 
 /**
@@ -223,7 +304,7 @@ export type FeatureView = Message<"fstore.v1.FeatureView"> & {
  * Use `create(FeatureViewSchema)` to create a new message.
  */
 export const FeatureViewSchema: GenMessage<FeatureView> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 3);
+  messageDesc(file_fstore_v1_registry, 4);
 
 /**
  * A named list of feature references that one model uses.
@@ -259,7 +340,7 @@ export type FeatureSet = Message<"fstore.v1.FeatureSet"> & {
  * Use `create(FeatureSetSchema)` to create a new message.
  */
 export const FeatureSetSchema: GenMessage<FeatureSet> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 4);
+  messageDesc(file_fstore_v1_registry, 5);
 
 /**
  * One aggregation of a stream aggregation: one feature of the produced view.
@@ -307,7 +388,7 @@ export type Aggregation = Message<"fstore.v1.Aggregation"> & {
  * Use `create(AggregationSchema)` to create a new message.
  */
 export const AggregationSchema: GenMessage<Aggregation> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 5);
+  messageDesc(file_fstore_v1_registry, 6);
 
 /**
  * Sliding-window aggregations of the events of a topic, keyed by entities, producing a feature
@@ -440,7 +521,7 @@ export type StreamAggregation = Message<"fstore.v1.StreamAggregation"> & {
  * Use `create(StreamAggregationSchema)` to create a new message.
  */
 export const StreamAggregationSchema: GenMessage<StreamAggregation> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 6);
+  messageDesc(file_fstore_v1_registry, 7);
 
 /**
  * @generated from message fstore.v1.ApplyEntityRequest
@@ -469,7 +550,7 @@ export type ApplyEntityRequest = Message<"fstore.v1.ApplyEntityRequest"> & {
  * Use `create(ApplyEntityRequestSchema)` to create a new message.
  */
 export const ApplyEntityRequestSchema: GenMessage<ApplyEntityRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 7);
+  messageDesc(file_fstore_v1_registry, 8);
 
 /**
  * @generated from message fstore.v1.ApplyEntityResponse
@@ -491,7 +572,7 @@ export type ApplyEntityResponse = Message<"fstore.v1.ApplyEntityResponse"> & {
  * Use `create(ApplyEntityResponseSchema)` to create a new message.
  */
 export const ApplyEntityResponseSchema: GenMessage<ApplyEntityResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 8);
+  messageDesc(file_fstore_v1_registry, 9);
 
 /**
  * @generated from message fstore.v1.GetEntityRequest
@@ -513,7 +594,7 @@ export type GetEntityRequest = Message<"fstore.v1.GetEntityRequest"> & {
  * Use `create(GetEntityRequestSchema)` to create a new message.
  */
 export const GetEntityRequestSchema: GenMessage<GetEntityRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 9);
+  messageDesc(file_fstore_v1_registry, 10);
 
 /**
  * @generated from message fstore.v1.GetEntityResponse
@@ -530,7 +611,7 @@ export type GetEntityResponse = Message<"fstore.v1.GetEntityResponse"> & {
  * Use `create(GetEntityResponseSchema)` to create a new message.
  */
 export const GetEntityResponseSchema: GenMessage<GetEntityResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 10);
+  messageDesc(file_fstore_v1_registry, 11);
 
 /**
  * @generated from message fstore.v1.ListEntitiesRequest
@@ -547,7 +628,7 @@ export type ListEntitiesRequest = Message<"fstore.v1.ListEntitiesRequest"> & {
  * Use `create(ListEntitiesRequestSchema)` to create a new message.
  */
 export const ListEntitiesRequestSchema: GenMessage<ListEntitiesRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 11);
+  messageDesc(file_fstore_v1_registry, 12);
 
 /**
  * @generated from message fstore.v1.ListEntitiesResponse
@@ -564,7 +645,7 @@ export type ListEntitiesResponse = Message<"fstore.v1.ListEntitiesResponse"> & {
  * Use `create(ListEntitiesResponseSchema)` to create a new message.
  */
 export const ListEntitiesResponseSchema: GenMessage<ListEntitiesResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 12);
+  messageDesc(file_fstore_v1_registry, 13);
 
 /**
  * @generated from message fstore.v1.DeleteEntityRequest
@@ -586,7 +667,7 @@ export type DeleteEntityRequest = Message<"fstore.v1.DeleteEntityRequest"> & {
  * Use `create(DeleteEntityRequestSchema)` to create a new message.
  */
 export const DeleteEntityRequestSchema: GenMessage<DeleteEntityRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 13);
+  messageDesc(file_fstore_v1_registry, 14);
 
 /**
  * @generated from message fstore.v1.DeleteEntityResponse
@@ -599,7 +680,7 @@ export type DeleteEntityResponse = Message<"fstore.v1.DeleteEntityResponse"> & {
  * Use `create(DeleteEntityResponseSchema)` to create a new message.
  */
 export const DeleteEntityResponseSchema: GenMessage<DeleteEntityResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 14);
+  messageDesc(file_fstore_v1_registry, 15);
 
 /**
  * @generated from message fstore.v1.ApplyFeatureViewRequest
@@ -630,7 +711,7 @@ export type ApplyFeatureViewRequest = Message<"fstore.v1.ApplyFeatureViewRequest
  * Use `create(ApplyFeatureViewRequestSchema)` to create a new message.
  */
 export const ApplyFeatureViewRequestSchema: GenMessage<ApplyFeatureViewRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 15);
+  messageDesc(file_fstore_v1_registry, 16);
 
 /**
  * @generated from message fstore.v1.ApplyFeatureViewResponse
@@ -654,7 +735,7 @@ export type ApplyFeatureViewResponse = Message<"fstore.v1.ApplyFeatureViewRespon
  * Use `create(ApplyFeatureViewResponseSchema)` to create a new message.
  */
 export const ApplyFeatureViewResponseSchema: GenMessage<ApplyFeatureViewResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 16);
+  messageDesc(file_fstore_v1_registry, 17);
 
 /**
  * @generated from message fstore.v1.GetFeatureViewRequest
@@ -683,7 +764,7 @@ export type GetFeatureViewRequest = Message<"fstore.v1.GetFeatureViewRequest"> &
  * Use `create(GetFeatureViewRequestSchema)` to create a new message.
  */
 export const GetFeatureViewRequestSchema: GenMessage<GetFeatureViewRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 17);
+  messageDesc(file_fstore_v1_registry, 18);
 
 /**
  * @generated from message fstore.v1.GetFeatureViewResponse
@@ -700,7 +781,7 @@ export type GetFeatureViewResponse = Message<"fstore.v1.GetFeatureViewResponse">
  * Use `create(GetFeatureViewResponseSchema)` to create a new message.
  */
 export const GetFeatureViewResponseSchema: GenMessage<GetFeatureViewResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 18);
+  messageDesc(file_fstore_v1_registry, 19);
 
 /**
  * @generated from message fstore.v1.ListFeatureViewsRequest
@@ -717,7 +798,7 @@ export type ListFeatureViewsRequest = Message<"fstore.v1.ListFeatureViewsRequest
  * Use `create(ListFeatureViewsRequestSchema)` to create a new message.
  */
 export const ListFeatureViewsRequestSchema: GenMessage<ListFeatureViewsRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 19);
+  messageDesc(file_fstore_v1_registry, 20);
 
 /**
  * @generated from message fstore.v1.ListFeatureViewsResponse
@@ -734,7 +815,7 @@ export type ListFeatureViewsResponse = Message<"fstore.v1.ListFeatureViewsRespon
  * Use `create(ListFeatureViewsResponseSchema)` to create a new message.
  */
 export const ListFeatureViewsResponseSchema: GenMessage<ListFeatureViewsResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 20);
+  messageDesc(file_fstore_v1_registry, 21);
 
 /**
  * @generated from message fstore.v1.ListFeatureViewVersionsRequest
@@ -756,7 +837,7 @@ export type ListFeatureViewVersionsRequest = Message<"fstore.v1.ListFeatureViewV
  * Use `create(ListFeatureViewVersionsRequestSchema)` to create a new message.
  */
 export const ListFeatureViewVersionsRequestSchema: GenMessage<ListFeatureViewVersionsRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 21);
+  messageDesc(file_fstore_v1_registry, 22);
 
 /**
  * @generated from message fstore.v1.ListFeatureViewVersionsResponse
@@ -775,7 +856,7 @@ export type ListFeatureViewVersionsResponse = Message<"fstore.v1.ListFeatureView
  * Use `create(ListFeatureViewVersionsResponseSchema)` to create a new message.
  */
 export const ListFeatureViewVersionsResponseSchema: GenMessage<ListFeatureViewVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 22);
+  messageDesc(file_fstore_v1_registry, 23);
 
 /**
  * @generated from message fstore.v1.DeleteFeatureViewRequest
@@ -797,7 +878,7 @@ export type DeleteFeatureViewRequest = Message<"fstore.v1.DeleteFeatureViewReque
  * Use `create(DeleteFeatureViewRequestSchema)` to create a new message.
  */
 export const DeleteFeatureViewRequestSchema: GenMessage<DeleteFeatureViewRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 23);
+  messageDesc(file_fstore_v1_registry, 24);
 
 /**
  * @generated from message fstore.v1.DeleteFeatureViewResponse
@@ -810,7 +891,7 @@ export type DeleteFeatureViewResponse = Message<"fstore.v1.DeleteFeatureViewResp
  * Use `create(DeleteFeatureViewResponseSchema)` to create a new message.
  */
 export const DeleteFeatureViewResponseSchema: GenMessage<DeleteFeatureViewResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 24);
+  messageDesc(file_fstore_v1_registry, 25);
 
 /**
  * @generated from message fstore.v1.ApplyFeatureSetRequest
@@ -832,7 +913,7 @@ export type ApplyFeatureSetRequest = Message<"fstore.v1.ApplyFeatureSetRequest">
  * Use `create(ApplyFeatureSetRequestSchema)` to create a new message.
  */
 export const ApplyFeatureSetRequestSchema: GenMessage<ApplyFeatureSetRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 25);
+  messageDesc(file_fstore_v1_registry, 26);
 
 /**
  * @generated from message fstore.v1.ApplyFeatureSetResponse
@@ -854,7 +935,7 @@ export type ApplyFeatureSetResponse = Message<"fstore.v1.ApplyFeatureSetResponse
  * Use `create(ApplyFeatureSetResponseSchema)` to create a new message.
  */
 export const ApplyFeatureSetResponseSchema: GenMessage<ApplyFeatureSetResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 26);
+  messageDesc(file_fstore_v1_registry, 27);
 
 /**
  * @generated from message fstore.v1.GetFeatureSetRequest
@@ -876,7 +957,7 @@ export type GetFeatureSetRequest = Message<"fstore.v1.GetFeatureSetRequest"> & {
  * Use `create(GetFeatureSetRequestSchema)` to create a new message.
  */
 export const GetFeatureSetRequestSchema: GenMessage<GetFeatureSetRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 27);
+  messageDesc(file_fstore_v1_registry, 28);
 
 /**
  * @generated from message fstore.v1.GetFeatureSetResponse
@@ -893,7 +974,7 @@ export type GetFeatureSetResponse = Message<"fstore.v1.GetFeatureSetResponse"> &
  * Use `create(GetFeatureSetResponseSchema)` to create a new message.
  */
 export const GetFeatureSetResponseSchema: GenMessage<GetFeatureSetResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 28);
+  messageDesc(file_fstore_v1_registry, 29);
 
 /**
  * @generated from message fstore.v1.ListFeatureSetsRequest
@@ -910,7 +991,7 @@ export type ListFeatureSetsRequest = Message<"fstore.v1.ListFeatureSetsRequest">
  * Use `create(ListFeatureSetsRequestSchema)` to create a new message.
  */
 export const ListFeatureSetsRequestSchema: GenMessage<ListFeatureSetsRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 29);
+  messageDesc(file_fstore_v1_registry, 30);
 
 /**
  * @generated from message fstore.v1.ListFeatureSetsResponse
@@ -927,7 +1008,7 @@ export type ListFeatureSetsResponse = Message<"fstore.v1.ListFeatureSetsResponse
  * Use `create(ListFeatureSetsResponseSchema)` to create a new message.
  */
 export const ListFeatureSetsResponseSchema: GenMessage<ListFeatureSetsResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 30);
+  messageDesc(file_fstore_v1_registry, 31);
 
 /**
  * @generated from message fstore.v1.DeleteFeatureSetRequest
@@ -949,7 +1030,7 @@ export type DeleteFeatureSetRequest = Message<"fstore.v1.DeleteFeatureSetRequest
  * Use `create(DeleteFeatureSetRequestSchema)` to create a new message.
  */
 export const DeleteFeatureSetRequestSchema: GenMessage<DeleteFeatureSetRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 31);
+  messageDesc(file_fstore_v1_registry, 32);
 
 /**
  * @generated from message fstore.v1.DeleteFeatureSetResponse
@@ -962,7 +1043,7 @@ export type DeleteFeatureSetResponse = Message<"fstore.v1.DeleteFeatureSetRespon
  * Use `create(DeleteFeatureSetResponseSchema)` to create a new message.
  */
 export const DeleteFeatureSetResponseSchema: GenMessage<DeleteFeatureSetResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 32);
+  messageDesc(file_fstore_v1_registry, 33);
 
 /**
  * @generated from message fstore.v1.ApplyStreamAggregationRequest
@@ -993,7 +1074,7 @@ export type ApplyStreamAggregationRequest = Message<"fstore.v1.ApplyStreamAggreg
  * Use `create(ApplyStreamAggregationRequestSchema)` to create a new message.
  */
 export const ApplyStreamAggregationRequestSchema: GenMessage<ApplyStreamAggregationRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 33);
+  messageDesc(file_fstore_v1_registry, 34);
 
 /**
  * @generated from message fstore.v1.ApplyStreamAggregationResponse
@@ -1024,7 +1105,7 @@ export type ApplyStreamAggregationResponse = Message<"fstore.v1.ApplyStreamAggre
  * Use `create(ApplyStreamAggregationResponseSchema)` to create a new message.
  */
 export const ApplyStreamAggregationResponseSchema: GenMessage<ApplyStreamAggregationResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 34);
+  messageDesc(file_fstore_v1_registry, 35);
 
 /**
  * @generated from message fstore.v1.GetStreamAggregationRequest
@@ -1046,7 +1127,7 @@ export type GetStreamAggregationRequest = Message<"fstore.v1.GetStreamAggregatio
  * Use `create(GetStreamAggregationRequestSchema)` to create a new message.
  */
 export const GetStreamAggregationRequestSchema: GenMessage<GetStreamAggregationRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 35);
+  messageDesc(file_fstore_v1_registry, 36);
 
 /**
  * @generated from message fstore.v1.GetStreamAggregationResponse
@@ -1063,7 +1144,7 @@ export type GetStreamAggregationResponse = Message<"fstore.v1.GetStreamAggregati
  * Use `create(GetStreamAggregationResponseSchema)` to create a new message.
  */
 export const GetStreamAggregationResponseSchema: GenMessage<GetStreamAggregationResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 36);
+  messageDesc(file_fstore_v1_registry, 37);
 
 /**
  * @generated from message fstore.v1.ListStreamAggregationsRequest
@@ -1080,7 +1161,7 @@ export type ListStreamAggregationsRequest = Message<"fstore.v1.ListStreamAggrega
  * Use `create(ListStreamAggregationsRequestSchema)` to create a new message.
  */
 export const ListStreamAggregationsRequestSchema: GenMessage<ListStreamAggregationsRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 37);
+  messageDesc(file_fstore_v1_registry, 38);
 
 /**
  * @generated from message fstore.v1.ListStreamAggregationsResponse
@@ -1097,7 +1178,7 @@ export type ListStreamAggregationsResponse = Message<"fstore.v1.ListStreamAggreg
  * Use `create(ListStreamAggregationsResponseSchema)` to create a new message.
  */
 export const ListStreamAggregationsResponseSchema: GenMessage<ListStreamAggregationsResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 38);
+  messageDesc(file_fstore_v1_registry, 39);
 
 /**
  * @generated from message fstore.v1.DeleteStreamAggregationRequest
@@ -1119,7 +1200,7 @@ export type DeleteStreamAggregationRequest = Message<"fstore.v1.DeleteStreamAggr
  * Use `create(DeleteStreamAggregationRequestSchema)` to create a new message.
  */
 export const DeleteStreamAggregationRequestSchema: GenMessage<DeleteStreamAggregationRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 39);
+  messageDesc(file_fstore_v1_registry, 40);
 
 /**
  * @generated from message fstore.v1.DeleteStreamAggregationResponse
@@ -1132,7 +1213,7 @@ export type DeleteStreamAggregationResponse = Message<"fstore.v1.DeleteStreamAgg
  * Use `create(DeleteStreamAggregationResponseSchema)` to create a new message.
  */
 export const DeleteStreamAggregationResponseSchema: GenMessage<DeleteStreamAggregationResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 40);
+  messageDesc(file_fstore_v1_registry, 41);
 
 /**
  * @generated from message fstore.v1.ListProjectsRequest
@@ -1145,7 +1226,7 @@ export type ListProjectsRequest = Message<"fstore.v1.ListProjectsRequest"> & {
  * Use `create(ListProjectsRequestSchema)` to create a new message.
  */
 export const ListProjectsRequestSchema: GenMessage<ListProjectsRequest> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 41);
+  messageDesc(file_fstore_v1_registry, 42);
 
 /**
  * @generated from message fstore.v1.ListProjectsResponse
@@ -1162,7 +1243,7 @@ export type ListProjectsResponse = Message<"fstore.v1.ListProjectsResponse"> & {
  * Use `create(ListProjectsResponseSchema)` to create a new message.
  */
 export const ListProjectsResponseSchema: GenMessage<ListProjectsResponse> = /*@__PURE__*/
-  messageDesc(file_fstore_v1_registry, 42);
+  messageDesc(file_fstore_v1_registry, 43);
 
 /**
  * Where a view's rows come from.

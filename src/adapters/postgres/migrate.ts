@@ -10,6 +10,7 @@ import { quoteIdentifier } from './pool.js';
 export const migrations: readonly { readonly version: number; readonly name: string }[] = [
   { version: 1, name: '001_registry' },
   { version: 2, name: '002_stream_aggregations' },
+  { version: 3, name: '003_reference_profiles' },
 ];
 
 /**

@@ -628,6 +628,12 @@ const featureViewDefinition = (view: FeatureViewDefinition): FeatureViewDefiniti
     required: feature.required === true,
     ...(feature.min !== undefined ? { min: feature.min } : {}),
     ...(feature.max !== undefined ? { max: feature.max } : {}),
+    ...(feature.allowedValues !== undefined && feature.allowedValues.length > 0
+      ? { allowedValues: [...feature.allowedValues] }
+      : {}),
+    ...(feature.maxNullRate !== undefined ? { maxNullRate: feature.maxNullRate } : {}),
+    ...(feature.psiWarn !== undefined ? { psiWarn: feature.psiWarn } : {}),
+    ...(feature.psiAlert !== undefined ? { psiAlert: feature.psiAlert } : {}),
   })),
   ttlMs: view.ttlMs,
   online: view.online,
@@ -635,6 +641,16 @@ const featureViewDefinition = (view: FeatureViewDefinition): FeatureViewDefiniti
   owner: view.owner ?? '',
   description: view.description ?? '',
   tags: { ...view.tags },
+  ...(view.freshnessMs !== undefined ? { freshnessMs: view.freshnessMs } : {}),
+  ...(view.driftMonitor
+    ? {
+        driftMonitor: {
+          referenceProfile: view.driftMonitor.referenceProfile,
+          intervalMs: view.driftMonitor.intervalMs,
+          windowMs: view.driftMonitor.windowMs,
+        },
+      }
+    : {}),
 });
 
 const featureSetDefinition = (featureSet: FeatureSetDefinition): FeatureSetDefinition => ({

@@ -30,7 +30,7 @@ export function selectExpression(mapping: ColumnMapping): string {
 }
 
 /** A bound of a time range as a SQL literal; COPY takes no parameters. */
-function timeLiteral(value: number, name: string): string {
+export function timeLiteral(value: number, name: string): string {
   if (!Number.isInteger(value))
     throw invalidArgument(name, `must be integer microseconds since the epoch, got ${value}`);
   return `to_timestamp(${BigInt(value)}::numeric / 1000000)`;

@@ -22,7 +22,7 @@ import {
 } from '../pool.js';
 import { copyColumns, encodeBatch, encodeKeyTable, valuePath } from './binary-copy.js';
 import { createRowSegmenter, type RowSegment } from './binary-rows.js';
-import { decodeLatestRows, latestRowsCopy, latestRowsFieldCount } from './latest-rows.js';
+import { decodeLatestRows, latestRowsCopy, latestRowsFieldCount, timeLiteral } from './latest-rows.js';
 import { type PostgresOfflineStoreOptionsInput, resolvePostgresOfflineStoreOptions } from './options.js';
 import {
   entityTimesQuery,
@@ -677,6 +677,36 @@ export async function createPostgresOfflineStore(
         },
         3 + layout.features.length,
         { segmentRows, ranked: true, signal, transaction: { attempts: 1 } },
+      );
+    },
+
+    async *readFeatureValues(view, range, { features, segmentRows, signal }) {
+      assertOpen();
+      await ensureViewLayout(view);
+      const layout = layouts.get(layoutKey(view)) as ViewLayout;
+      const columns = features.map((index, position) => {
+        const mapping = layout.features[index];
+        if (!mapping)
+          throw invalidArgument(`features[${position}]`, `view "${view.name}" has no feature ${index}`);
+        return quoteIdentifier(mapping.columnName);
+      });
+      yield* copyOutSegments(
+        async (client) =>
+          (await tableExists(client, table(layout.table)))
+            ? {
+                copy: `COPY (SELECT event_time${columns.map((column) => `, ${column}`).join('')}
+                  FROM ${table(layout.table)}
+                  WHERE event_time >= ${timeLiteral(range.startMicros, 'startMicros')}
+                    AND event_time < ${timeLiteral(range.endMicros, 'endMicros')}) TO STDOUT (FORMAT binary)`,
+              }
+            : undefined,
+        1 + columns.length,
+        {
+          segmentRows,
+          ranked: false,
+          signal,
+          transaction: { isolation: 'repeatable read', readOnly: true, attempts: 1 },
+        },
       );
     },
 
