@@ -2,19 +2,24 @@ import type { Logger } from 'pino';
 import { createMemoryOnlineStore } from '../adapters/memory/memory-online-store.js';
 import { startEmbeddedPostgres } from '../adapters/postgres/embedded.js';
 import { createPostgresOfflineStore } from '../adapters/postgres/offline/postgres-offline-store.js';
+import { createPostgresProfileStore } from '../adapters/postgres/postgres-profile-store.js';
 import { createPostgresRegistry } from '../adapters/postgres/postgres-registry.js';
 import { createRedisOnlineStore } from '../adapters/redis/redis-online-store.js';
 import type { Config } from '../config/config.js';
 import { createFeatureServiceHandlers, FeatureService } from '../grpc/feature-service.js';
+import { createMonitoringServiceHandlers, MonitoringService } from '../grpc/monitoring-service.js';
 import { createRegistryServiceHandlers, RegistryService } from '../grpc/registry-service.js';
 import { createServiceImplementation, startGrpcServer } from '../grpc/server.js';
 import type { OnlineStore } from '../ports/online-store.js';
 import type { Registry } from '../ports/registry.js';
+import { type DriftCheckSink, DriftMonitor } from '../serving/drift-monitor.js';
 import { HistoricalService } from '../serving/historical.js';
 import { IngestService } from '../serving/ingest.js';
 import { MaterializeService } from '../serving/materialize.js';
+import { MonitoringService as Monitoring } from '../serving/monitoring.js';
 import { OnlineFeatureService } from '../serving/online-features.js';
 import { RegistryCache } from '../serving/registry-cache.js';
+import { ServedValueSampler } from '../serving/served-sample.js';
 import { createWorkerPool } from '../workers/pool.js';
 
 /**
@@ -85,7 +90,25 @@ async function connectRegistry(
   }
 }
 
-export async function startServing(config: Config, logger: Logger): Promise<Serving> {
+/** Until metrics are wired: drift check figures are logged only. */
+const silentDriftSink: DriftCheckSink = {
+  recordDrift() {},
+  recordAlert() {},
+  recordViolations() {},
+  observeCheck() {},
+  setLastEventAge() {},
+};
+
+export interface ServingHooks {
+  /** Where scheduled drift checks put their figures. */
+  readonly driftSink?: DriftCheckSink;
+}
+
+export async function startServing(
+  config: Config,
+  logger: Logger,
+  options: ServingHooks = {},
+): Promise<Serving> {
   const postgres = await resolvePostgres(config, logger);
   let stopped = false;
   const registry = await connectRegistry(config, postgres.url, logger, () => stopped);
@@ -97,9 +120,14 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
     connectionString: postgres.url,
     schema: config.postgresSchema,
   });
+  const sampler = new ServedValueSampler({
+    rate: config.servedSampleRate,
+    capacity: config.servedSampleSize,
+  });
   const online = new OnlineFeatureService(cache, store, {
     maxBatchRows: config.maxBatchRows,
     onlineExpiryGraceMs: config.onlineExpiryGraceMs,
+    servedSampler: sampler,
   });
   const ingest = new IngestService(cache, offline, store, {
     maxBatchRows: config.maxBatchRows,
@@ -117,6 +145,19 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
     chunkRows: config.historicalChunkRows,
     segmentRows: config.historicalSegmentRows,
   });
+  const profiles = await createPostgresProfileStore({
+    connectionString: postgres.url,
+    schema: config.postgresSchema,
+  });
+  const monitoring = new Monitoring(cache, offline, profiles, workers, sampler, {
+    segmentRows: config.profileSegmentRows,
+  });
+  const driftMonitor =
+    config.driftMonitor === 'on'
+      ? new DriftMonitor(cache, monitoring, options.driftSink ?? silentDriftSink, logger, {
+          tickMs: config.driftMonitorTickMs,
+        })
+      : undefined;
   const server = await startGrpcServer(
     {
       host: config.grpcHost,
@@ -142,8 +183,17 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
           logger,
         ),
       },
+      {
+        service: MonitoringService,
+        implementation: createServiceImplementation(
+          MonitoringService,
+          createMonitoringServiceHandlers(monitoring),
+          logger,
+        ),
+      },
     ],
   );
+  driftMonitor?.start();
 
   // Health follows the stores: NOT_SERVING while the online store does not answer.
   let lastServing: boolean | undefined;
@@ -175,9 +225,16 @@ export async function startServing(config: Config, logger: Logger): Promise<Serv
     stop: async () => {
       stopped = true;
       clearInterval(healthTimer);
+      await driftMonitor?.stop();
       await server.shutdown();
       await cache.stop();
-      await Promise.allSettled([store.close(), offline.close(), registry.close(), workers.destroy()]);
+      await Promise.allSettled([
+        store.close(),
+        offline.close(),
+        registry.close(),
+        profiles.close(),
+        workers.destroy(),
+      ]);
       await postgres.stop();
     },
   };

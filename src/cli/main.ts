@@ -12,6 +12,7 @@ import { parseTimestampMicros } from '../domain/timestamps.js';
 import { createClient } from '../grpc/client.js';
 import { applyFile } from './apply-file.js';
 import { type FileFormat, fileFormats, ingestFile } from './ingest-file.js';
+import { addMonitoringCommands } from './monitoring-commands.js';
 
 /** `fstore` — the command-line entry. Flags override FSTORE_* environment variables. */
 
@@ -162,16 +163,25 @@ async function serveCluster(config: Config, count: number): Promise<void> {
   const postgres = await resolvePostgres(config, logger);
   const workerEnvironment = { FSTORE_POSTGRES_URL: postgres.url, FSTORE_PROCESSES: '1', FSTORE_WORKER: '1' };
   let stopping = false;
-  const fork = () => cluster.fork(workerEnvironment);
+  // One process runs the scheduled drift checks, so each runs once per interval, not once per process.
+  const monitors = new Set<number>();
+  const fork = (monitor: boolean) => {
+    const worker = cluster.fork({
+      ...workerEnvironment,
+      ...(monitor ? {} : { FSTORE_DRIFT_MONITOR: 'off' }),
+    });
+    if (monitor) monitors.add(worker.id);
+  };
   cluster.on('exit', (worker, code, signal) => {
+    const monitor = monitors.delete(worker.id);
     if (stopping) {
       if (Object.keys(cluster.workers ?? {}).length === 0) postgres.stop().finally(() => process.exit(0));
       return;
     }
     logger.error({ worker: worker.process.pid, code, signal }, 'serving process exited; starting another');
-    setTimeout(fork, 500);
+    setTimeout(() => fork(monitor), 500);
   });
-  for (let index = 0; index < count; index++) fork();
+  for (let index = 0; index < count; index++) fork(index === 0 && config.driftMonitor === 'on');
   const stop = (signal: NodeJS.Signals) => {
     if (stopping) return;
     stopping = true;
@@ -353,6 +363,7 @@ export function buildProgram(): Command {
         }
       },
     );
+  addMonitoringCommands(program);
   return program;
 }
 

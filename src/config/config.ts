@@ -32,6 +32,11 @@ export const configDefaults = {
   streamFetchBytes: 1024 * 1024, // most bytes fetched per partition at once (bounds a batch)
   streamSessionTimeoutMs: 10_000, // a member silent this long leaves the group (its partitions move)
   streamStatsIntervalMs: 10_000, // how often the stream tier logs its figures
+  servedSampleRate: 0, // fraction of GetOnlineFeatures reads whose values are sampled for drift; 0: off
+  servedSampleSize: 100_000, // most sampled values kept per feature (a uniform reservoir)
+  profileSegmentRows: 262_144, // offline rows per profile worker task
+  driftMonitorTickMs: 5_000, // how often due scheduled drift checks are looked for
+  driftMonitor: 'on', // 'off': this process runs no scheduled drift check
   logLevel: 'info',
 } as const;
 
@@ -82,6 +87,11 @@ const settings = {
   streamFetchBytes: { env: 'FSTORE_STREAM_FETCH_BYTES', schema: integer(1024, 256 * 1024 * 1024) },
   streamSessionTimeoutMs: { env: 'FSTORE_STREAM_SESSION_TIMEOUT_MS', schema: integer(6_000, 300_000) },
   streamStatsIntervalMs: { env: 'FSTORE_STREAM_STATS_INTERVAL_MS', schema: integer(100, 3_600_000) },
+  servedSampleRate: { env: 'FSTORE_SERVED_SAMPLE_RATE', schema: z.coerce.number().min(0).max(1) },
+  servedSampleSize: { env: 'FSTORE_SERVED_SAMPLE_SIZE', schema: integer(1, 10_000_000) },
+  profileSegmentRows: { env: 'FSTORE_PROFILE_SEGMENT_ROWS', schema: integer(1, 10_000_000) },
+  driftMonitorTickMs: { env: 'FSTORE_DRIFT_MONITOR_TICK_MS', schema: integer(100, 3_600_000) },
+  driftMonitor: { env: 'FSTORE_DRIFT_MONITOR', schema: z.enum(['on', 'off']) },
   logLevel: {
     env: 'FSTORE_LOG_LEVEL',
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),

@@ -124,6 +124,12 @@ export class RegistryCache {
     this.#revision = snapshot.revision;
   }
 
+  /** The current version of every view of every project (none before the first load). */
+  *views(): Generator<{ readonly project: string; readonly view: FeatureView }> {
+    for (const [project, { views }] of this.#projects)
+      for (const served of views.values()) yield { project, view: served.current };
+  }
+
   /** The project's objects; NOT_FOUND when it has none. UNAVAILABLE before the first load. */
   project(name: string): ServedProject {
     if (!this.loaded) throw new FStoreError('unavailable', 'the registry is not loaded yet; retry shortly');

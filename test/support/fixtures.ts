@@ -129,3 +129,15 @@ export function valuesOf(
   const value = column?.values?.values.value as { values?: unknown[] } | undefined;
   return value?.values;
 }
+
+/** A seeded generator (mulberry32) of numbers in [0, 1), so every run sees the same data. */
+export function seededRandom(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let value = state;
+    value = Math.imul(value ^ (value >>> 15), value | 1);
+    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
+    return ((value ^ (value >>> 14)) >>> 0) / 4_294_967_296;
+  };
+}

@@ -1,8 +1,9 @@
 import pg from 'pg';
 import { pino } from 'pino';
 import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
+import { MonitoringService } from '../../gen/fstore/v1/monitoring_pb.js';
 import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
-import { startServing } from '../../src/app/serve.js';
+import { type ServingHooks, startServing } from '../../src/app/serve.js';
 import { type Config, type ConfigKey, loadConfig } from '../../src/config/config.js';
 import { createClient, type ServiceClient } from '../../src/grpc/client.js';
 import { randomName, requireEnvironment } from './environment.js';
@@ -14,6 +15,7 @@ export interface TestServer {
   readonly config: Config;
   readonly features: ServiceClient<typeof FeatureService>;
   readonly registry: ServiceClient<typeof RegistryService>;
+  readonly monitoring: ServiceClient<typeof MonitoringService>;
   stop(): Promise<void>;
 }
 
@@ -25,7 +27,7 @@ export interface TestServer {
 export async function startTestServer(
   kind: OnlineStoreKind,
   overrides: Partial<Record<ConfigKey, string | number>> = {},
-  options: { keepSchema?: boolean } = {},
+  options: { keepSchema?: boolean; hooks?: ServingHooks } = {},
 ): Promise<TestServer> {
   const environment: Record<string, string> = {
     FSTORE_POSTGRES_URL: requireEnvironment('FSTORE_TEST_POSTGRES_URL'),
@@ -40,20 +42,27 @@ export async function startTestServer(
   if (kind === 'redis-cluster')
     environment.FSTORE_REDIS_CLUSTER_NODES = requireEnvironment('FSTORE_TEST_REDIS_CLUSTER_NODES');
   const config = loadConfig(environment, overrides);
-  const serving = await startServing(config, pino({ level: process.env.FSTORE_TEST_LOG_LEVEL ?? 'silent' }));
+  const serving = await startServing(
+    config,
+    pino({ level: process.env.FSTORE_TEST_LOG_LEVEL ?? 'silent' }),
+    options.hooks,
+  );
   const address = `127.0.0.1:${serving.port}`;
   const features = createClient(FeatureService, address);
   const registry = createClient(RegistryService, address);
+  const monitoring = createClient(MonitoringService, address);
   let stopped: Promise<void> | undefined;
   return {
     address,
     config,
     features,
     registry,
+    monitoring,
     stop() {
       stopped ??= (async () => {
         features.close();
         registry.close();
+        monitoring.close();
         await serving.stop();
         if (!options.keepSchema) await dropSchema(serving.postgresUrl, config.postgresSchema);
       })();
