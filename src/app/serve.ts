@@ -1,4 +1,6 @@
+import cluster from 'node:cluster';
 import type { Logger } from 'pino';
+import { AggregatorRegistry, Registry as MetricsRegistry } from 'prom-client';
 import { createMemoryOnlineStore } from '../adapters/memory/memory-online-store.js';
 import { startEmbeddedPostgres } from '../adapters/postgres/embedded.js';
 import { createPostgresOfflineStore } from '../adapters/postgres/offline/postgres-offline-store.js';
@@ -10,6 +12,11 @@ import { createFeatureServiceHandlers, FeatureService } from '../grpc/feature-se
 import { createMonitoringServiceHandlers, MonitoringService } from '../grpc/monitoring-service.js';
 import { createRegistryServiceHandlers, RegistryService } from '../grpc/registry-service.js';
 import { createServiceImplementation, startGrpcServer } from '../grpc/server.js';
+import { createCallObserver } from '../observability/call-observer.js';
+import { type MetricsServer, type Readiness, startMetricsServer } from '../observability/http.js';
+import { instrument } from '../observability/instrument.js';
+import { createServingMetrics } from '../observability/metrics.js';
+import { startTracing } from '../observability/tracing.js';
 import type { OnlineStore } from '../ports/online-store.js';
 import type { Registry } from '../ports/registry.js';
 import { type DriftCheckSink, DriftMonitor } from '../serving/drift-monitor.js';
@@ -33,6 +40,8 @@ import { createWorkerPool } from '../workers/pool.js';
 
 export interface Serving {
   readonly port: number;
+  /** The /metrics, /healthz, /readyz port; undefined with metrics off or in a cluster worker. */
+  readonly metricsPort: number | undefined;
   readonly postgresUrl: string;
   stop(): Promise<void>;
 }
@@ -90,7 +99,7 @@ async function connectRegistry(
   }
 }
 
-/** Until metrics are wired: drift check figures are logged only. */
+/** With metrics off: drift check figures are logged only. */
 const silentDriftSink: DriftCheckSink = {
   recordDrift() {},
   recordAlert() {},
@@ -112,14 +121,21 @@ export async function startServing(
   const postgres = await resolvePostgres(config, logger);
   let stopped = false;
   const registry = await connectRegistry(config, postgres.url, logger, () => stopped);
-  const { store, kind } = createOnlineStore(config);
+  const { store: rawStore, kind } = createOnlineStore(config);
   const cache = new RegistryCache(registry, logger);
   await cache.start();
 
-  const offline = await createPostgresOfflineStore({
+  const metrics = config.metrics === 'on' ? createServingMetrics(new MetricsRegistry()) : undefined;
+  const tracing = config.otlpEndpoint
+    ? startTracing({ endpoint: config.otlpEndpoint, serviceName: 'fstore' })
+    : undefined;
+  const measured = { histogram: metrics?.storeDuration, tracer: tracing?.tracer };
+  const store = instrument(rawStore, kind === 'memory' ? 'memory' : 'redis', measured);
+  const rawOffline = await createPostgresOfflineStore({
     connectionString: postgres.url,
     schema: config.postgresSchema,
   });
+  const offline = instrument(rawOffline, 'postgres', measured);
   const sampler = new ServedValueSampler({
     rate: config.servedSampleRate,
     capacity: config.servedSampleSize,
@@ -128,6 +144,7 @@ export async function startServing(
     maxBatchRows: config.maxBatchRows,
     onlineExpiryGraceMs: config.onlineExpiryGraceMs,
     servedSampler: sampler,
+    ...(metrics ? { observeRead: metrics.observeOnlineRead } : {}),
   });
   const ingest = new IngestService(cache, offline, store, {
     maxBatchRows: config.maxBatchRows,
@@ -138,26 +155,42 @@ export async function startServing(
     batchRows: config.materializeBatchRows,
     onlineExpiryGraceMs: config.onlineExpiryGraceMs,
   });
-  const workers = createWorkerPool({ threads: config.workerThreads });
+  const rawWorkers = createWorkerPool({ threads: config.workerThreads });
+  metrics?.watchWorkerPool(rawWorkers);
+  // Worker tasks get spans only: their time is the callers' RPC time.
+  const workers = instrument(rawWorkers, 'worker', tracing ? { tracer: tracing.tracer } : {});
   const historical = new HistoricalService(cache, offline, workers, {
     maxBatchRows: config.historicalChunkRows,
     blockRows: config.historicalBlockRows,
     chunkRows: config.historicalChunkRows,
     segmentRows: config.historicalSegmentRows,
   });
-  const profiles = await createPostgresProfileStore({
-    connectionString: postgres.url,
-    schema: config.postgresSchema,
-  });
+  const profiles = instrument(
+    await createPostgresProfileStore({ connectionString: postgres.url, schema: config.postgresSchema }),
+    'postgres',
+    measured,
+  );
   const monitoring = new Monitoring(cache, offline, profiles, workers, sampler, {
     segmentRows: config.profileSegmentRows,
   });
   const driftMonitor =
     config.driftMonitor === 'on'
-      ? new DriftMonitor(cache, monitoring, options.driftSink ?? silentDriftSink, logger, {
-          tickMs: config.driftMonitorTickMs,
-        })
+      ? new DriftMonitor(
+          cache,
+          monitoring,
+          options.driftSink ?? metrics?.driftSink ?? silentDriftSink,
+          logger,
+          {
+            tickMs: config.driftMonitorTickMs,
+          },
+        )
       : undefined;
+  const observer = createCallObserver({
+    ...(metrics ? { metrics } : {}),
+    ...(tracing ? { tracer: tracing.tracer } : {}),
+    logger,
+    accessLog: config.accessLog,
+  });
   const server = await startGrpcServer(
     {
       host: config.grpcHost,
@@ -173,6 +206,7 @@ export async function startServing(
           FeatureService,
           createFeatureServiceHandlers(online, ingest, materialize, historical),
           logger,
+          observer,
         ),
       },
       {
@@ -181,6 +215,7 @@ export async function startServing(
           RegistryService,
           createRegistryServiceHandlers(registry, () => cache.refresh()),
           logger,
+          observer,
         ),
       },
       {
@@ -189,19 +224,32 @@ export async function startServing(
           MonitoringService,
           createMonitoringServiceHandlers(monitoring),
           logger,
+          observer,
         ),
       },
     ],
   );
   driftMonitor?.start();
 
-  // Health follows the stores: NOT_SERVING while the online store does not answer.
+  // Health follows the stores: NOT_SERVING while the online store does not answer; /readyz
+  // also wants PostgreSQL (registry, offline store).
   let lastServing: boolean | undefined;
-  const checkHealth = async () => {
-    const serving = await store.ping().then(
-      () => cache.loaded,
+  let readiness: Readiness = {
+    ready: false,
+    checks: { onlineStore: false, offlineStore: false, registry: false },
+  };
+  const answers = (ping: Promise<void>) =>
+    ping.then(
+      () => true,
       () => false,
     );
+  const checkHealth = async () => {
+    const [onlineUp, offlineUp] = await Promise.all([answers(rawStore.ping()), answers(rawOffline.ping())]);
+    const serving = onlineUp && cache.loaded;
+    const next = { onlineStore: onlineUp, offlineStore: offlineUp, registry: cache.loaded };
+    const ready = serving && offlineUp;
+    if (ready !== readiness.ready && cluster.isWorker) process.send?.({ fstoreReadiness: ready });
+    readiness = { ready, checks: next };
     if (serving !== lastServing) {
       logger.info(
         { serving, onlineStore: kind },
@@ -215,18 +263,45 @@ export async function startServing(
   const healthTimer = setInterval(() => void checkHealth(), config.healthCheckIntervalMs);
   healthTimer.unref();
 
+  // In a cluster the primary serves /metrics for every process (prom-client's AggregatorRegistry).
+  let metricsServer: MetricsServer | undefined;
+  if (metrics && cluster.isWorker) {
+    // Constructing one installs prom-client's listener that answers the primary's requests.
+    new AggregatorRegistry();
+    AggregatorRegistry.setRegistries([metrics.registry]);
+  } else if (metrics)
+    metricsServer = await startMetricsServer({
+      host: config.metricsHost,
+      port: config.metricsPort,
+      metrics: async () => ({
+        contentType: metrics.registry.contentType,
+        body: await metrics.registry.metrics(),
+      }),
+      readiness: () => readiness,
+      logger,
+    });
+
   logger.info(
-    { port: server.port, onlineStore: kind, registry: config.postgresUrl ? 'postgres' : 'embedded-postgres' },
+    {
+      port: server.port,
+      metricsPort: metricsServer?.port,
+      onlineStore: kind,
+      registry: config.postgresUrl ? 'postgres' : 'embedded-postgres',
+    },
     'fstore serving',
   );
   return {
     port: server.port,
+    metricsPort: metricsServer?.port,
     postgresUrl: postgres.url,
     stop: async () => {
       stopped = true;
       clearInterval(healthTimer);
       await driftMonitor?.stop();
       await server.shutdown();
+      await metricsServer?.close();
+      metrics?.close();
+      await tracing?.shutdown();
       await cache.stop();
       await Promise.allSettled([
         store.close(),

@@ -6,11 +6,14 @@
  */
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
+import { Registry as MetricsRegistry } from 'prom-client';
 import { createKafkaEventSource } from '../adapters/kafka/kafka-event-source.js';
 import { createPostgresOfflineStore } from '../adapters/postgres/offline/postgres-offline-store.js';
 import { createPostgresRegistry } from '../adapters/postgres/postgres-registry.js';
 import type { Config } from '../config/config.js';
 import { FStoreError } from '../domain/errors.js';
+import { type MetricsServer, startMetricsServer } from '../observability/http.js';
+import { registerStreamMetrics, registerStreamTimings } from '../observability/metrics.js';
 import {
   createStreamRunner,
   histogramQuantile,
@@ -122,7 +125,19 @@ export async function startStreamRole(
       sessionTimeoutMs: config.streamSessionTimeoutMs,
       logger,
     });
+    // Metrics read the runner's figures at each scrape; the checkpoint histogram is fed as they commit.
+    const metricsRegistry = config.metrics === 'on' ? new MetricsRegistry() : undefined;
+    let current: StreamRunner | undefined;
+    const observeCheckpoint = metricsRegistry
+      ? registerStreamTimings(
+          metricsRegistry,
+          aggregation.name,
+          () => current?.stats().windowDelayHistogram ?? new Uint32Array(0),
+          histogramQuantile,
+        )
+      : undefined;
     const runner = createStreamRunner({
+      ...(observeCheckpoint ? { onCheckpoint: observeCheckpoint } : {}),
       project: options.project,
       aggregation,
       view,
@@ -134,7 +149,27 @@ export async function startStreamRole(
       onlineExpiryGraceMs: config.onlineExpiryGraceMs,
       onFatal: options.onFatal,
     });
+    current = runner;
+    let started = false;
+    let metricsServer: MetricsServer | undefined;
+    if (metricsRegistry) {
+      registerStreamMetrics(metricsRegistry, aggregation.name, () => runner.stats());
+      metricsServer = await startMetricsServer({
+        host: config.metricsHost,
+        port: config.metricsPort,
+        metrics: async () => ({
+          contentType: metricsRegistry.contentType,
+          body: await metricsRegistry.metrics(),
+        }),
+        // Ready once this member has joined its group and owns partitions (or there is none to own).
+        readiness: () => ({ ready: started, checks: { consumer: started } }),
+        logger,
+      });
+      const server = metricsServer;
+      closers.push(() => server.close());
+    }
     await runner.start();
+    started = true;
     let previous: StreamStats | undefined;
     let previousAt = performance.now();
     const timer = setInterval(() => {

@@ -2,6 +2,7 @@ import cluster from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import { Command, Option } from 'commander';
 import { type Logger, pino } from 'pino';
+import { AggregatorRegistry } from 'prom-client';
 import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
 import { resolvePostgres, startServing } from '../app/serve.js';
@@ -10,6 +11,7 @@ import { type Config, type ConfigKey, configDefaults, loadConfig } from '../conf
 import { FStoreError } from '../domain/errors.js';
 import { parseTimestampMicros } from '../domain/timestamps.js';
 import { createClient } from '../grpc/client.js';
+import { startMetricsServer } from '../observability/http.js';
 import { applyFile } from './apply-file.js';
 import { type FileFormat, fileFormats, ingestFile } from './ingest-file.js';
 import { addMonitoringCommands } from './monitoring-commands.js';
@@ -57,6 +59,11 @@ const serveFlags: { flag: string; key: ConfigKey; description: string }[] = [
     key: 'logLevel',
     description: `log level (FSTORE_LOG_LEVEL, default ${configDefaults.logLevel})`,
   },
+  {
+    flag: '--metrics-port <port>',
+    key: 'metricsPort',
+    description: `HTTP port of /metrics, /healthz, /readyz (FSTORE_METRICS_PORT, default ${configDefaults.metricsPort})`,
+  },
 ];
 
 const streamFlags: { flag: string; key: ConfigKey; description: string }[] = [
@@ -66,7 +73,7 @@ const streamFlags: { flag: string; key: ConfigKey; description: string }[] = [
     description: `Kafka bootstrap brokers host:port,... (FSTORE_KAFKA_BROKERS, default ${configDefaults.kafkaBrokers})`,
   },
   ...serveFlags.filter(({ key }) =>
-    ['redisUrl', 'redisClusterNodes', 'postgresUrl', 'logLevel'].includes(key),
+    ['redisUrl', 'redisClusterNodes', 'postgresUrl', 'logLevel', 'metricsPort'].includes(key),
   ),
   {
     flag: '--checkpoint-interval-ms <ms>',
@@ -172,10 +179,38 @@ async function serveCluster(config: Config, count: number): Promise<void> {
     });
     if (monitor) monitors.add(worker.id);
   };
+  // /metrics of every process, aggregated here; ready while some serving process is.
+  const readyWorkers = new Set<number>();
+  cluster.on('message', (worker, message: { fstoreReadiness?: boolean }) => {
+    if (typeof message?.fstoreReadiness !== 'boolean') return;
+    if (message.fstoreReadiness) readyWorkers.add(worker.id);
+    else readyWorkers.delete(worker.id);
+  });
+  const metricsServer =
+    config.metrics === 'on'
+      ? await startMetricsServer({
+          host: config.metricsHost,
+          port: config.metricsPort,
+          metrics: (() => {
+            const aggregator = new AggregatorRegistry();
+            return async () => ({
+              contentType: aggregator.contentType,
+              body: await aggregator.clusterMetrics(),
+            });
+          })(),
+          readiness: () => ({
+            ready: readyWorkers.size > 0,
+            checks: { servingProcesses: readyWorkers.size > 0 },
+          }),
+          logger,
+        })
+      : undefined;
   cluster.on('exit', (worker, code, signal) => {
+    readyWorkers.delete(worker.id);
     const monitor = monitors.delete(worker.id);
     if (stopping) {
-      if (Object.keys(cluster.workers ?? {}).length === 0) postgres.stop().finally(() => process.exit(0));
+      if (Object.keys(cluster.workers ?? {}).length === 0)
+        Promise.allSettled([postgres.stop(), metricsServer?.close()]).finally(() => process.exit(0));
       return;
     }
     logger.error({ worker: worker.process.pid, code, signal }, 'serving process exited; starting another');

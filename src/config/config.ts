@@ -38,6 +38,11 @@ export const configDefaults = {
   driftMonitorTickMs: 5_000, // how often due scheduled drift checks are looked for
   driftMonitor: 'on', // 'off': this process runs no scheduled drift check
   logLevel: 'info',
+  metricsHost: '0.0.0.0',
+  metricsPort: 9464, // Prometheus /metrics, /healthz and /readyz; 0 picks a free port
+  metrics: 'on', // 'off': no metrics recorded and no HTTP port
+  accessLog: 'errors', // one log line per call: 'all', only failed calls ('errors'), or 'off'
+  otlpEndpoint: undefined, // OTLP/HTTP traces URL (e.g. http://collector:4318/v1/traces); unset: no tracing
 } as const;
 
 const integer = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
@@ -92,6 +97,11 @@ const settings = {
   profileSegmentRows: { env: 'FSTORE_PROFILE_SEGMENT_ROWS', schema: integer(1, 10_000_000) },
   driftMonitorTickMs: { env: 'FSTORE_DRIFT_MONITOR_TICK_MS', schema: integer(100, 3_600_000) },
   driftMonitor: { env: 'FSTORE_DRIFT_MONITOR', schema: z.enum(['on', 'off']) },
+  metricsHost: { env: 'FSTORE_METRICS_HOST', schema: z.string().min(1) },
+  metricsPort: { env: 'FSTORE_METRICS_PORT', schema: integer(0, 65_535) },
+  metrics: { env: 'FSTORE_METRICS', schema: z.enum(['on', 'off']) },
+  accessLog: { env: 'FSTORE_ACCESS_LOG', schema: z.enum(['off', 'errors', 'all']) },
+  otlpEndpoint: { env: 'FSTORE_OTLP_ENDPOINT', schema: optionalText.pipe(z.url().optional()) },
   logLevel: {
     env: 'FSTORE_LOG_LEVEL',
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),

@@ -72,6 +72,20 @@ export type ServiceHandlers<S> = {
           : never;
 };
 
+/**
+ * Sees every call of a service: metrics, access logs and traces hang here (src/observability).
+ * `begin` runs when the call arrives; the handler runs inside `run` (a trace context); `finish`
+ * runs once, with the error that ended the call or undefined.
+ */
+export interface CallObserver {
+  begin(method: string, metadata: Metadata): CallScope;
+}
+
+export interface CallScope {
+  run<T>(handler: () => T): T;
+  finish(error: unknown): void;
+}
+
 export interface ServerLogger {
   debug(object: object, message: string): void;
   info(object: object, message: string): void;
@@ -140,6 +154,7 @@ export function createServiceImplementation<S extends DescService>(
   service: S,
   handlers: ServiceHandlers<S>,
   logger: ServerLogger,
+  observer?: CallObserver,
 ): UntypedServiceImplementation {
   const implementation: UntypedServiceImplementation = {};
   for (const method of service.methods) {
@@ -147,6 +162,7 @@ export function createServiceImplementation<S extends DescService>(
       method.localName
     ];
     if (!handler) throw new Error(`no handler for ${service.typeName}.${method.name}`);
+    const fullName = `${service.typeName}/${method.name}`;
     const failed = (reason: unknown) => {
       if (reason instanceof FStoreError)
         logger.debug({ method: method.name, code: reason.code, err: reason }, 'call failed');
@@ -158,14 +174,18 @@ export function createServiceImplementation<S extends DescService>(
         call: ServerWritableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>,
       ) => {
         const { signal, release } = deadlineSignal(call);
+        const scope = observer?.begin(fullName, call.metadata);
         const input =
           method.methodKind === 'server_streaming'
             ? (call as ServerWritableStream<unknown, unknown>).request
             : requestsOf(call as ServerDuplexStream<unknown, unknown>, signal);
-        const responses = (
-          handler as unknown as (request: unknown, context: CallContext) => AsyncIterable<object>
-        )(input, { signal, metadata: call.metadata });
-        (async () => {
+        const start = () =>
+          (handler as unknown as (request: unknown, context: CallContext) => AsyncIterable<object>)(input, {
+            signal,
+            metadata: call.metadata,
+          });
+        const responses = scope ? scope.run(start) : start();
+        const drive = async () => {
           for await (const response of responses) {
             if (signal.aborted) throw signal.reason;
             const message =
@@ -175,13 +195,16 @@ export function createServiceImplementation<S extends DescService>(
             // Backpressure: a slow client slows the handler down instead of filling memory.
             if (!call.write(message)) await once(call, 'drain', { signal });
           }
-        })().then(
+        };
+        (scope ? scope.run(drive) : drive()).then(
           () => {
             release();
+            scope?.finish(undefined);
             call.end();
           },
           (reason: unknown) => {
             release();
+            scope?.finish(signal.aborted ? signal.reason : reason);
             // A cancelled call has no one to tell; after a deadline, say so whatever the
             // handler threw on its way out (an aborted worker task, a cancelled query).
             if (!signal.aborted) call.emit('error', failed(reason));
@@ -201,13 +224,16 @@ export function createServiceImplementation<S extends DescService>(
       callback: sendUnaryData<unknown>,
     ) => {
       const { signal, release } = deadlineSignal(call);
+      const scope = observer?.begin(fullName, call.metadata);
       const input =
         method.methodKind === 'unary'
           ? (call as ServerUnaryCall<unknown, unknown>).request
           : requestsOf(call as ServerReadableStream<unknown, unknown>, signal);
-      handler(input, { signal, metadata: call.metadata }).then(
+      const context = { signal, metadata: call.metadata };
+      (scope ? scope.run(() => handler(input, context)) : handler(input, context)).then(
         (response) => {
           release();
+          scope?.finish(undefined);
           callback(
             null,
             response instanceof EncodedMessage
@@ -217,6 +243,7 @@ export function createServiceImplementation<S extends DescService>(
         },
         (reason: unknown) => {
           release();
+          scope?.finish(reason);
           callback(failed(reason));
         },
       );

@@ -181,5 +181,7 @@ export interface OfflineStore {
   replaceRows(batches: readonly OfflineRowBatch[]): Promise<OfflineWriteResult>;
   /** Forgets every checkpoint of the scope (the aggregation was deleted, or is to be recomputed). */
   deleteStreamCheckpoints(scope: StreamCheckpointScope): Promise<number>;
+  /** Resolves when the database answers (readiness). */
+  ping(): Promise<void>;
   close(): Promise<void>;
 }

@@ -25,6 +25,8 @@ export interface OnlineServingOptions {
   readonly nowMicros?: () => number;
   /** Offered every read's result (it samples some, off the response's path). */
   readonly servedSampler?: ServedValueSampler;
+  /** Told of every answered read (metrics): the project, its entity rows and the result. */
+  readonly observeRead?: (project: string, rows: number, result: OnlineReadResult) => void;
 }
 
 export interface OnlineReadRequest {
@@ -266,6 +268,7 @@ export class OnlineFeatureService {
     }
     const result = { columns, requestTimeMicros };
     this.options.servedSampler?.offer(request.project, result);
+    this.options.observeRead?.(request.project, rowCount, result);
     return result;
   }
 

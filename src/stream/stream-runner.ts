@@ -54,6 +54,8 @@ export interface StreamRunnerOptions {
   readonly onFatal: (error: unknown) => void;
   /** Processing clock, milliseconds (monotonic is fine); injectable for tests. */
   readonly nowMs?: () => number;
+  /** Called after each committed checkpoint with its duration in milliseconds (metrics). */
+  readonly onCheckpoint?: (durationMs: number) => void;
 }
 
 export interface PartitionStats {
@@ -243,6 +245,7 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
     task.checkpointedOffset = offset;
     totals.checkpoints++;
     totals.lastCheckpointMs = task.checkpointedAtMs - started;
+    options.onCheckpoint?.(totals.lastCheckpointMs);
     totals.lastCheckpointBytes = state.byteLength;
     return true;
   }

@@ -13,6 +13,10 @@ export interface StatisticsPool {
 
 export interface WorkerPool extends PointInTimePool, StatisticsPool {
   readonly threads: number;
+  /** Tasks waiting for a thread. */
+  readonly queueSize: number;
+  /** Share of the threads' time spent in tasks since the pool started, 0 to 1. */
+  readonly utilization: number;
   destroy(): Promise<void>;
 }
 
@@ -38,6 +42,12 @@ export function createWorkerPool(options: { readonly threads: number }): WorkerP
   return {
     threads,
     parallelism: threads * 2,
+    get queueSize() {
+      return pool.queueSize;
+    },
+    get utilization() {
+      return pool.utilization;
+    },
     run(task: PointInTimeTask, { signal }: { signal?: AbortSignal }): Promise<PointInTimeTaskResult> {
       const transferList = [task.bytes.buffer, task.keyRanks.buffer, task.times.buffer] as ArrayBuffer[];
       return pool.run(task, { transferList, ...signalOption(signal) }) as Promise<PointInTimeTaskResult>;

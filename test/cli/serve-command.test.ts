@@ -35,7 +35,12 @@ interface Started {
 function run(args: string[], environment: Record<string, string>): Started {
   let output = '';
   const child = spawn(process.execPath, [binary, ...args], {
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...environment },
+    env: {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? '',
+      FSTORE_METRICS_PORT: '0',
+      ...environment,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   child.stdout?.on('data', (data) => {
@@ -75,7 +80,10 @@ describe('fstore serve', () => {
     const port = await freePort();
     const schema = randomName('cli');
     const postgresUrl = requireEnvironment('FSTORE_TEST_POSTGRES_URL');
+    const metricsPort = await freePort();
     const started = run(['serve', '--port', String(port), '--host', '127.0.0.1', '--processes', '2'], {
+      FSTORE_METRICS_PORT: String(metricsPort),
+      FSTORE_METRICS_HOST: '127.0.0.1',
       FSTORE_REDIS_URL: requireEnvironment('FSTORE_TEST_REDIS_URL'),
       FSTORE_POSTGRES_URL: postgresUrl,
       FSTORE_POSTGRES_SCHEMA: schema,
@@ -114,6 +122,20 @@ describe('fstore serve', () => {
     }
     registry.close();
     features.close();
+
+    // The primary's /metrics sums both processes' figures; /readyz follows the serving processes.
+    const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    const calls = metrics
+      .split('\n')
+      .find(
+        (line) =>
+          line.startsWith('fstore_rpc_duration_seconds_count{') &&
+          line.includes('method="fstore.v1.FeatureService/GetOnlineFeatures"') &&
+          line.includes('code="OK"'),
+      );
+    expect(calls, metrics.slice(0, 2000)).toBeDefined();
+    expect(Number(calls?.split(' ').pop())).toBe(6);
+    expect((await fetch(`http://127.0.0.1:${metricsPort}/readyz`)).status).toBe(200);
 
     started.child.kill('SIGTERM');
     expect(await started.exit).toBe(0);

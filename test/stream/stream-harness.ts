@@ -489,7 +489,11 @@ export function spawnStreamMember(options: {
       '--aggregation',
       options.aggregation,
     ],
-    { cwd: repoRoot, env: { ...inherited, ...options.environment }, stdio: ['ignore', 'pipe', 'pipe'] },
+    {
+      cwd: repoRoot,
+      env: { ...inherited, FSTORE_METRICS_PORT: '0', ...options.environment },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
   );
   liveMembers.add(child);
   const lines: string[] = [];

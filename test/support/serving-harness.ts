@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { pino } from 'pino';
+import { type Logger, pino } from 'pino';
 import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import { MonitoringService } from '../../gen/fstore/v1/monitoring_pb.js';
 import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
@@ -12,6 +12,8 @@ export type OnlineStoreKind = 'memory' | 'redis' | 'redis-cluster';
 
 export interface TestServer {
   readonly address: string;
+  /** http://127.0.0.1:<port> of /metrics, /healthz, /readyz; undefined with metrics off. */
+  readonly metricsUrl: string | undefined;
   readonly config: Config;
   readonly features: ServiceClient<typeof FeatureService>;
   readonly registry: ServiceClient<typeof RegistryService>;
@@ -27,7 +29,7 @@ export interface TestServer {
 export async function startTestServer(
   kind: OnlineStoreKind,
   overrides: Partial<Record<ConfigKey, string | number>> = {},
-  options: { keepSchema?: boolean; hooks?: ServingHooks } = {},
+  options: { keepSchema?: boolean; hooks?: ServingHooks; logger?: Logger } = {},
 ): Promise<TestServer> {
   const environment: Record<string, string> = {
     FSTORE_POSTGRES_URL: requireEnvironment('FSTORE_TEST_POSTGRES_URL'),
@@ -37,6 +39,8 @@ export async function startTestServer(
     FSTORE_GRPC_PORT: '0',
     FSTORE_SHUTDOWN_GRACE_MS: '2000',
     FSTORE_HEALTH_CHECK_INTERVAL_MS: '200',
+    FSTORE_METRICS_HOST: '127.0.0.1',
+    FSTORE_METRICS_PORT: '0',
   };
   if (kind === 'redis') environment.FSTORE_REDIS_URL = requireEnvironment('FSTORE_TEST_REDIS_URL');
   if (kind === 'redis-cluster')
@@ -44,7 +48,7 @@ export async function startTestServer(
   const config = loadConfig(environment, overrides);
   const serving = await startServing(
     config,
-    pino({ level: process.env.FSTORE_TEST_LOG_LEVEL ?? 'silent' }),
+    options.logger ?? pino({ level: process.env.FSTORE_TEST_LOG_LEVEL ?? 'silent' }),
     options.hooks,
   );
   const address = `127.0.0.1:${serving.port}`;
@@ -54,6 +58,7 @@ export async function startTestServer(
   let stopped: Promise<void> | undefined;
   return {
     address,
+    metricsUrl: serving.metricsPort === undefined ? undefined : `http://127.0.0.1:${serving.metricsPort}`,
     config,
     features,
     registry,

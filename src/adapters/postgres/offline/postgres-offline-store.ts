@@ -757,6 +757,12 @@ export async function createPostgresOfflineStore(
         });
     },
 
+    async ping() {
+      await pool.query('SELECT 1').catch((error: unknown) => {
+        throw translateDatabaseError(error, 'ping');
+      });
+    },
+
     async close() {
       if (closed) return;
       closed = true;
