@@ -144,8 +144,9 @@ export function createNumericAccumulator(
         nonFiniteCount: nonFinite,
         mean: moments.count > 0 ? moments.mean : Number.NaN,
         m2: moments.m2,
-        min,
-        max,
+        // + 0 turns -0 into 0: the extremes of {-0, 0} are 0 whatever the order seen.
+        min: min + 0,
+        max: max + 0,
         sketch: sketch.finish(),
       };
     },
@@ -232,8 +233,8 @@ export function mergeProfiles(a: FeatureProfile, b: FeatureProfile): FeatureProf
       nonFiniteCount: a.nonFiniteCount + b.nonFiniteCount,
       mean: moments.count > 0 ? moments.mean : Number.NaN,
       m2: moments.m2,
-      min: Math.min(a.min, b.min),
-      max: Math.max(a.max, b.max),
+      min: Math.min(a.min, b.min) + 0,
+      max: Math.max(a.max, b.max) + 0,
       sketch: mergeSketches(a.sketch, b.sketch),
     };
   }

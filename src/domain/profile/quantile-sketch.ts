@@ -232,8 +232,8 @@ export class SketchBuilder {
       positive: this.#positive.toStore(),
       negative: this.#negative.toStore(),
       count: this.#count,
-      min: this.#min,
-      max: this.#max,
+      min: this.#min + 0, // -0 → 0, whichever zero came first
+      max: this.#max + 0,
     };
   }
 }
