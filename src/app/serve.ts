@@ -127,7 +127,11 @@ export async function startServing(
 
   const metrics = config.metrics === 'on' ? createServingMetrics(new MetricsRegistry()) : undefined;
   const tracing = config.otlpEndpoint
-    ? startTracing({ endpoint: config.otlpEndpoint, serviceName: 'fstore' })
+    ? startTracing({
+        endpoint: config.otlpEndpoint,
+        serviceName: 'fstore',
+        sampleRatio: config.traceSampleRatio,
+      })
     : undefined;
   const measured = { histogram: metrics?.storeDuration, tracer: tracing?.tracer };
   const store = instrument(rawStore, kind === 'memory' ? 'memory' : 'redis', measured);

@@ -43,6 +43,7 @@ export const configDefaults = {
   metrics: 'on', // 'off': no metrics recorded and no HTTP port
   accessLog: 'errors', // one log line per call: 'all', only failed calls ('errors'), or 'off'
   otlpEndpoint: undefined, // OTLP/HTTP traces URL (e.g. http://collector:4318/v1/traces); unset: no tracing
+  traceSampleRatio: 1, // fraction of calls without a sampled parent that are traced (a caller's decision wins)
 } as const;
 
 const integer = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
@@ -102,6 +103,7 @@ const settings = {
   metrics: { env: 'FSTORE_METRICS', schema: z.enum(['on', 'off']) },
   accessLog: { env: 'FSTORE_ACCESS_LOG', schema: z.enum(['off', 'errors', 'all']) },
   otlpEndpoint: { env: 'FSTORE_OTLP_ENDPOINT', schema: optionalText.pipe(z.url().optional()) },
+  traceSampleRatio: { env: 'FSTORE_TRACE_SAMPLE_RATIO', schema: z.coerce.number().min(0).max(1) },
   logLevel: {
     env: 'FSTORE_LOG_LEVEL',
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),

@@ -10,13 +10,19 @@ import {
 } from '@opentelemetry/api';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
-import { BatchSpanProcessor, NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
+import {
+  BatchSpanProcessor,
+  NodeTracerProvider,
+  ParentBasedSampler,
+  TraceIdRatioBasedSampler,
+} from '@opentelemetry/sdk-trace-node';
 
 /**
  * OpenTelemetry tracing (DESIGN §5), on only when an OTLP endpoint is configured: then a span per
  * RPC (its parent taken from the call's `traceparent` metadata, W3C trace context), child spans
  * for Redis, PostgreSQL and worker tasks, exported in batches over OTLP/HTTP (JSON). Off, nothing
- * is wrapped: the serving path runs exactly the code it runs without tracing.
+ * is wrapped: the serving path runs exactly the code it runs without tracing. Calls whose caller
+ * sent a sampling decision follow it; the others are traced at `sampleRatio` (by trace id).
  */
 
 export interface Tracing {
@@ -24,9 +30,14 @@ export interface Tracing {
   shutdown(): Promise<void>;
 }
 
-export function startTracing(options: { readonly endpoint: string; readonly serviceName: string }): Tracing {
+export function startTracing(options: {
+  readonly endpoint: string;
+  readonly serviceName: string;
+  readonly sampleRatio: number;
+}): Tracing {
   const provider = new NodeTracerProvider({
     resource: resourceFromAttributes({ 'service.name': options.serviceName }),
+    sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(options.sampleRatio) }),
     spanProcessors: [
       new BatchSpanProcessor(new OTLPTraceExporter({ url: options.endpoint }), {
         scheduledDelayMillis: 1000,

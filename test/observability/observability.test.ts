@@ -174,6 +174,7 @@ interface ReceivedSpan {
 /** Tracing: spans exported over OTLP/HTTP to a receiver in this test, parented by the caller's. */
 describe('tracing', () => {
   let server: TestServer;
+  let unsampled: TestServer;
   let receiver: Server;
   const spans: ReceivedSpan[] = [];
   const project = randomName('p');
@@ -195,12 +196,17 @@ describe('tracing', () => {
     });
     await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
     const address = receiver.address() as { port: number };
-    server = await startTestServer('redis', { otlpEndpoint: `http://127.0.0.1:${address.port}/v1/traces` });
-    await applyFixtures(server.registry, project);
-    await writePairAmount(server.features, project, 'a', 1, 9.5);
+    const otlpEndpoint = `http://127.0.0.1:${address.port}/v1/traces`;
+    server = await startTestServer('redis', { otlpEndpoint });
+    unsampled = await startTestServer('redis', { otlpEndpoint, traceSampleRatio: 0 });
+    for (const serving of [server, unsampled]) {
+      await applyFixtures(serving.registry, project);
+      await writePairAmount(serving.features, project, 'a', 1, 9.5);
+    }
   });
   afterAll(async () => {
     await server?.stop();
+    await unsampled?.stop();
     await new Promise((resolve) => receiver?.close(resolve));
   });
 
@@ -225,5 +231,42 @@ describe('tracing', () => {
     expect(serverSpan?.parentSpanId).toBe(callerSpan);
     const redisSpan = spans.find((span) => span.traceId === traceId && span.name === 'redis readMany');
     expect(redisSpan?.parentSpanId).toBe(serverSpan?.spanId);
+  });
+
+  it('traces no call at ratio 0 unless the caller sampled it', async () => {
+    const sampledTrace = '5bf92f3577b34da6a3ce929d0e0e4737';
+    const unsampledTrace = '6bf92f3577b34da6a3ce929d0e0e4738';
+    const request = {
+      project,
+      features: ['pair_stats:amount'],
+      entities: { user_id: strings('a'), merchant_id: int64s(1) },
+    };
+    const before = spans.length;
+    await unsampled.features.getOnlineFeatures(request);
+    await unsampled.features.getOnlineFeatures(request, {
+      metadata: metadataOf({ traceparent: `00-${unsampledTrace}-00f067aa0ba902b7-00` }),
+    });
+    await unsampled.features.getOnlineFeatures(request, {
+      metadata: metadataOf({ traceparent: `00-${sampledTrace}-00f067aa0ba902b7-01` }),
+    });
+    const deadline = Date.now() + 10_000;
+    while (
+      Date.now() < deadline &&
+      !spans.some((span) => span.traceId === sampledTrace && span.name === 'redis readMany')
+    )
+      await sleep(100);
+    expect(
+      spans
+        .filter((span) => span.traceId === sampledTrace)
+        .map((span) => span.name)
+        .sort(),
+    ).toEqual(['redis readMany', online].sort());
+    // The batch that carried the sampled trace was exported; no span of the other two calls came
+    // (spans of the previous test's trace may still be arriving).
+    const previousTrace = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const others = spans
+      .slice(before)
+      .filter((span) => span.traceId !== sampledTrace && span.traceId !== previousTrace);
+    expect(others).toEqual([]);
   });
 });
