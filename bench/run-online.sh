@@ -54,45 +54,20 @@ FEATURE_COUNTS="${FEATURE_COUNTS:-10 50}"
 SERVER_PROCESSES="${SERVER_PROCESSES:-2}"
 KEEP_DATA="${KEEP_DATA:-0}"
 SKIP_FLOOR="${SKIP_FLOOR:-0}"
-REDIS_PORT="${FSTORE_TEST_REDIS_PORT:-6391}"
-PG_PORT="${FSTORE_TEST_PG_PORT:-5439}"
-REDIS_DB=1
-REDIS_URL="redis://127.0.0.1:$REDIS_PORT/$REDIS_DB"
-POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/fstore_test"
-KEY_PREFIX="bench:"
-SCHEMA="fstore_bench"
-K6="$BENCH_DIR/bin/k6"
-
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT_DIR="$BENCH_DIR/results/online-$STAMP"
 REPORT="$BENCH_DIR/results/online-$STAMP.md"
 mkdir -p "$OUT_DIR"
 SERVER_LOG="$OUT_DIR/server.log"
 
-log() { printf '[run-online %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-tsnode() { node --import tsx "$@"; }
-
-# Stops a server started by this script (its worker processes are its children) and waits.
-stop_pid() { # stop_pid <pid> <name>
-  local pid="$1" name="$2"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-  log "stopping $name (pid $pid)"
-  local children; children="$(pgrep -P "$pid" 2>/dev/null | tr '\n' ' ' || true)"
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$name did not stop within 15 s; killing it"
-    # shellcheck disable=SC2086 # one word per child pid
-    kill -KILL "$pid" $children 2>/dev/null || true
-  fi
-}
+LOG_TAG=run-online
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
 SERVER_PID=""
 FLOOR_PID=""
 cleanup_data() {
   if [[ "$KEEP_DATA" != "1" ]]; then
-    log "deleting the benchmark keys ($KEY_PREFIX* in Redis db $REDIS_DB)"
-    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" -n "$REDIS_DB" --scan --pattern "${KEY_PREFIX}*" \
-      | xargs -r -n 1000 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" -n "$REDIS_DB" UNLINK >/dev/null || true
+    delete_bench_keys
   fi
 }
 on_exit() {
@@ -105,70 +80,6 @@ on_exit() {
 trap on_exit EXIT
 trap 'exit 130' INT TERM
 
-# CPU seconds (user + system) of a process and its children (the serving processes).
-cpu_of_tree() {
-  local root="$1" total=0 pid ticks
-  [[ -n "$root" ]] || { echo 0; return; }
-  for pid in "$root" $(pgrep -P "$root" 2>/dev/null || true); do
-    if [[ -r "/proc/$pid/stat" ]]; then
-      # utime and stime: fields 14 and 15, i.e. 12 and 13 after the ')' that ends the command name
-      ticks="$(sed -E 's/^.*\) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')" || ticks=0
-      total=$((total + ${ticks:-0}))
-    fi
-  done
-  awk -v t="$total" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'
-}
-# CPU seconds of the whole machine (all cores), from /proc/stat: "<user+nice+system> <irq+softirq> <steal>".
-machine_cpu() {
-  awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f %.2f %.2f", ($2 + $3 + $4) / hz, ($7 + $8) / hz, $9 / hz }' /proc/stat
-}
-
-# Waits (bounded) until the rest of the machine is quiet: other users' test runs on these 2 cores
-# would otherwise be measured as FStore's slowness. Gives up after QUIET_MAX_WAIT seconds per
-# call and QUIET_BUDGET seconds per run, and logs how busy the machine was.
-QUIET_SPENT=0
-wait_quiet() { # wait_quiet <label>
-  local label="$1" waited=0 busy
-  while :; do
-    local m0 m1; m0="$(machine_cpu)"; sleep 1; m1="$(machine_cpu)"
-    busy="$(awk -v a="${m0%% *}" -v b="${m1%% *}" 'BEGIN { printf "%.2f", b - a }')"
-    if awk -v b="$busy" -v t="$QUIET_THRESHOLD" 'BEGIN { exit !(b <= t) }'; then
-      (( waited == 0 )) || log "machine quiet after ${waited} s (busy $busy cores) before $label"
-      return 0
-    fi
-    if (( waited >= QUIET_MAX_WAIT || QUIET_SPENT >= QUIET_BUDGET )); then
-      log "WARNING: machine still busy ($busy cores used by other processes) before $label; measuring anyway"
-      return 0
-    fi
-    (( waited == 0 )) && log "machine busy ($busy cores used by other processes); waiting before $label"
-    waited=$((waited + 1)); QUIET_SPENT=$((QUIET_SPENT + 1))
-  done
-}
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# k6 closed loop with CPU accounting: closed_loop <addr> <server pid> <out prefix> <cell> <batch> <features> <duration> [k6 -e...]
-closed_loop() {
-  local addr="$1" server="$2" prefix="$3" cell="$4" batch="$5" features="$6" duration="$7"; shift 7
-  local s0 r0 m0 t0 s1 r1 m1 t1 k6_user k6_sys
-  wait_quiet "$prefix"
-  s0="$(cpu_of_tree "$server")"; r0="$(cpu_of_tree "$REDIS_PID")"; m0="$(machine_cpu)"; t0="$(date +%s.%N)"
-  /usr/bin/time -f '%U %S' -o "$OUT_DIR/$prefix.time" \
-    "$K6" run --quiet --no-color --no-usage-report \
-    -e ADDR="$addr" -e ID_MAX="$ROWS" -e SUMMARY_FILE="$OUT_DIR/$prefix.json" \
-    -e BATCH="$batch" -e FEATURES="$features" -e VUS="$VUS" -e DURATION="$duration" -e CELL="$cell" "$@" \
-    "$BENCH_DIR/online-lookup.js" || log "k6 failed for $prefix (exit $?)"
-  t1="$(date +%s.%N)"; m1="$(machine_cpu)"; r1="$(cpu_of_tree "$REDIS_PID")"; s1="$(cpu_of_tree "$server")"
-  read -r k6_user k6_sys < <(tail -n 1 "$OUT_DIR/$prefix.time")
-  awk -v s0="$s0" -v s1="$s1" -v r0="$r0" -v r1="$r1" -v m0="$m0" -v m1="$m1" -v ku="$k6_user" -v ks="$k6_sys" \
-    -v t0="$t0" -v t1="$t1" 'BEGIN {
-      split(m0, a, " "); split(m1, b, " ");
-      server = s1 - s0; redis = r1 - r0; k6 = ku + ks; procs = b[1] - a[1];
-      other = procs - server - redis - k6; if (other < 0) other = 0;
-      printf "{\"wall_s\": %.2f, \"server_cpu_s\": %.2f, \"k6_cpu_s\": %.2f, \"redis_cpu_s\": %.2f, \"other_cpu_s\": %.2f, \"irq_cpu_s\": %.2f, \"steal_s\": %.2f}\n",
-        t1 - t0, server, k6, redis, other, b[2] - a[2], b[3] - a[3] }' >"$OUT_DIR/cpu-$prefix.json"
-}
-
 # ------------------------------------------------------------------------------------------
 log "results: $OUT_DIR"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -179,15 +90,8 @@ REDIS_PID="$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO server | tr -d '\r' | 
 port_free "$PORT" || { log "ERROR: port $PORT is already in use; set PORT"; exit 1; }
 port_free "$FLOOR_PORT" || { log "ERROR: port $FLOOR_PORT is already in use; set FLOOR_PORT"; exit 1; }
 
-log "starting fstore serve --processes $SERVER_PROCESSES on $ADDR"
-FSTORE_REDIS_KEY_PREFIX="$KEY_PREFIX" FSTORE_POSTGRES_SCHEMA="$SCHEMA" FSTORE_LOG_LEVEL=warn \
-  node bin/fstore.js serve --host 127.0.0.1 --port "$PORT" --processes "$SERVER_PROCESSES" \
-  --redis-url "$REDIS_URL" --postgres-url "$POSTGRES_URL" >"$SERVER_LOG" 2>&1 &
-SERVER_PID=$!
-if ! tsnode "$BENCH_DIR/wait-healthy.ts" "$ADDR" 60; then
-  log "server log:"; tail -n 40 "$SERVER_LOG" >&2
-  exit 1
-fi
+start_fstore "$ADDR" "$SERVER_PROCESSES" "$REDIS_URL" "$POSTGRES_URL" "$SERVER_LOG" \
+  FSTORE_REDIS_KEY_PREFIX="$KEY_PREFIX" FSTORE_POSTGRES_SCHEMA="$SCHEMA"
 
 log "seeding $ROWS entities per view"
 tsnode "$BENCH_DIR/seed.ts" --addr "$ADDR" --rows "$ROWS" | tee "$OUT_DIR/seed.json"
@@ -195,11 +99,7 @@ tsnode "$BENCH_DIR/seed.ts" --addr "$ADDR" --rows "$ROWS" | tee "$OUT_DIR/seed.j
 CELLS=()
 for batch in $BATCHES; do for features in $FEATURE_COUNTS; do CELLS+=("b${batch}xf${features}"); done; done
 
-# Warm-up: JIT, connections, registry cache (not recorded).
-log "warm-up (5 s)"
-"$K6" run --quiet --no-color --no-usage-report -e ADDR="$ADDR" -e ID_MAX="$ROWS" \
-  -e SUMMARY_FILE="$OUT_DIR/warmup.json" -e BATCH=10 -e FEATURES=10 -e VUS=8 -e DURATION=5s \
-  "$BENCH_DIR/online-lookup.js" >/dev/null
+warm_up "$ADDR"
 
 for batch in $BATCHES; do
   for features in $FEATURE_COUNTS; do
@@ -213,12 +113,7 @@ LATENCY_JSON="["
 open_model() { # open_model <service|floor> <addr> <duration> <cell> <batch> <features> <rate> <p99 target ms> [k6 -e...]
   local target="$1" addr="$2" duration="$3" cell="$4" batch="$5" features="$6" rate="$7" p99="$8"; shift 8
   local file="$target-$cell-rate$rate.json"
-  wait_quiet "$file"
-  log "$target, open model $cell at $rate req/s, $duration"
-  "$K6" run --quiet --no-color --no-usage-report -e ADDR="$addr" -e ID_MAX="$ROWS" -e SUMMARY_FILE="$OUT_DIR/$file" \
-    -e BATCH="$batch" -e FEATURES="$features" -e RATE="$rate" -e VUS="$OPEN_VUS" -e MAX_VUS=64 \
-    -e DURATION="$duration" -e CELL="$cell" -e SAMPLE_EVERY=100 "$@" "$BENCH_DIR/online-lookup.js" \
-    || log "k6 failed for $file (exit $?)"
+  open_loop "$addr" "$file" "$duration" "$cell" "$batch" "$features" "$rate" "$@"
   [[ "$LATENCY_JSON" == "[" ]] || LATENCY_JSON+=","
   LATENCY_JSON+="{\"target\":\"$target\",\"cell\":\"$cell\",\"rate\":$rate,\"p99TargetMs\":$p99,\"file\":\"$file\"}"
 }
@@ -277,22 +172,11 @@ done
 cells_json="$(printf '"%s",' "${CELLS[@]}")"; cells_json="[${cells_json%,}]"
 # shellcheck disable=SC2086 # one word per process count
 raw_json="$(printf '%s,' $RAW_PROCESSES)"; raw_json="[${raw_json%,}]"
-json_str() { node -e 'process.stdout.write(JSON.stringify(process.argv[1]))' "$1"; }
 cat >"$OUT_DIR/meta.json" <<EOF
 {
   "date": $(json_str "$(date -u)"),
   "command": $(json_str "bash bench/run-online.sh  (VUS=$VUS DURATION=$DURATION FLOOR_DURATION=$FLOOR_DURATION RAW_DURATION=$RAW_DURATION ROWS=$ROWS LATENCY_RATE_B1=$LATENCY_RATE_B1 LATENCY_RATE_B100=$LATENCY_RATE_B100 LATENCY_RATE_LOW=$LATENCY_RATE_LOW OPEN_VUS=$OPEN_VUS)"),
-  "nproc": $(nproc),
-  "cpu": $(json_str "$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)"),
-  "memory": $(json_str "$(free -h | awk '/^Mem:/ {print $2}')"),
-  "kernel": $(json_str "$(uname -r)"),
-  "node": $(json_str "$(node --version)"),
-  "redis": $(json_str "$(redis-server --version | awk '{print $1, $2, $3}')"),
-  "postgres": $(json_str "$(psql --version)"),
-  "k6": $(json_str "$("$K6" version | head -n 1)"),
-  "loadBefore": $(json_str "$LOAD_BEFORE"),
-  "loadAfter": $(json_str "$(cut -d' ' -f1-3 /proc/loadavg)"),
-  "quietWaitSeconds": $QUIET_SPENT,
+  $(machine_json)
   "serverProcesses": $SERVER_PROCESSES,
   "redisUrl": "$REDIS_URL",
   "keyPrefix": "$KEY_PREFIX",
