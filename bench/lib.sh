@@ -113,13 +113,15 @@ open_loop() {
     || log "k6 failed for $file (exit $?)"
 }
 
-# Starts `fstore serve` in the background (SERVER_PID) with extra environment and waits for
-# grpc.health.v1 SERVING: start_fstore <addr> <processes> <redis url> <postgres url> <log> [VAR=value...]
+# Starts `fstore serve` in the background (SERVER_PID) on the benchmark data (REDIS_URL,
+# POSTGRES_URL, KEY_PREFIX, SCHEMA) with extra environment, and waits for grpc.health.v1
+# SERVING: start_fstore <addr> <processes> <log> [VAR=value...]
 start_fstore() {
-  local addr="$1" processes="$2" redis_url="$3" postgres_url="$4" server_log="$5"; shift 5
+  local addr="$1" processes="$2" server_log="$3"; shift 3
   log "starting fstore serve --processes $processes on $addr${*:+ ($*)}"
-  env FSTORE_LOG_LEVEL=warn "$@" node "$REPO_ROOT/bin/fstore.js" serve --host "${addr%:*}" --port "${addr##*:}" \
-    --processes "$processes" --redis-url "$redis_url" --postgres-url "$postgres_url" >"$server_log" 2>&1 &
+  env FSTORE_LOG_LEVEL=warn FSTORE_REDIS_KEY_PREFIX="$KEY_PREFIX" FSTORE_POSTGRES_SCHEMA="$SCHEMA" "$@" \
+    node "$REPO_ROOT/bin/fstore.js" serve --host "${addr%:*}" --port "${addr##*:}" --processes "$processes" \
+    --redis-url "$REDIS_URL" --postgres-url "$POSTGRES_URL" >"$server_log" 2>&1 &
   SERVER_PID=$!
   if ! tsnode "$BENCH_DIR/wait-healthy.ts" "$addr" 60; then
     log "server log:"; tail -n 40 "$server_log" >&2

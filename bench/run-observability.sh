@@ -69,14 +69,13 @@ trap on_exit EXIT
 trap 'exit 130' INT TERM
 
 mode_env() { # mode_env <mode>: the environment of the server in that mode, one VAR=value per word
-  local common="FSTORE_REDIS_KEY_PREFIX=$KEY_PREFIX FSTORE_POSTGRES_SCHEMA=$SCHEMA"
   local metrics="FSTORE_METRICS=on FSTORE_METRICS_HOST=127.0.0.1 FSTORE_METRICS_PORT=$METRICS_PORT"
   local on="$metrics FSTORE_OTLP_ENDPOINT=http://127.0.0.1:$SINK_PORT/v1/traces FSTORE_TRACE_SAMPLE_RATIO=1"
   case "$1" in
-    off) echo "$common FSTORE_METRICS=off FSTORE_OTLP_ENDPOINT=" ;;
-    metrics) echo "$common $metrics FSTORE_OTLP_ENDPOINT=" ;;
-    on) echo "$common $on" ;;
-    sampled) echo "$common $on FSTORE_SERVED_SAMPLE_RATE=0.01" ;;
+    off) echo "FSTORE_METRICS=off FSTORE_OTLP_ENDPOINT=" ;;
+    metrics) echo "$metrics FSTORE_OTLP_ENDPOINT=" ;;
+    on) echo "$on" ;;
+    sampled) echo "$on FSTORE_SERVED_SAMPLE_RATE=0.01" ;;
     *) log "ERROR: unknown mode $1 in ORDER (off, metrics, on, sampled)"; exit 2 ;;
   esac
 }
@@ -108,7 +107,7 @@ for mode in $ORDER; do
   segment=$((segment + 1))
   tag="s$segment-$mode"
   # shellcheck disable=SC2046 # one VAR=value per word
-  start_fstore "$ADDR" "$SERVER_PROCESSES" "$REDIS_URL" "$POSTGRES_URL" "$OUT_DIR/server-$tag.log" $(mode_env "$mode")
+  start_fstore "$ADDR" "$SERVER_PROCESSES" "$OUT_DIR/server-$tag.log" $(mode_env "$mode")
   if (( segment == 1 )); then
     log "seeding $ROWS entities per view"
     tsnode "$BENCH_DIR/seed.ts" --addr "$ADDR" --rows "$ROWS" | tee "$OUT_DIR/seed.json"

@@ -90,8 +90,7 @@ REDIS_PID="$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO server | tr -d '\r' | 
 port_free "$PORT" || { log "ERROR: port $PORT is already in use; set PORT"; exit 1; }
 port_free "$FLOOR_PORT" || { log "ERROR: port $FLOOR_PORT is already in use; set FLOOR_PORT"; exit 1; }
 
-start_fstore "$ADDR" "$SERVER_PROCESSES" "$REDIS_URL" "$POSTGRES_URL" "$SERVER_LOG" \
-  FSTORE_REDIS_KEY_PREFIX="$KEY_PREFIX" FSTORE_POSTGRES_SCHEMA="$SCHEMA"
+start_fstore "$ADDR" "$SERVER_PROCESSES" "$SERVER_LOG"
 
 log "seeding $ROWS entities per view"
 tsnode "$BENCH_DIR/seed.ts" --addr "$ADDR" --rows "$ROWS" | tee "$OUT_DIR/seed.json"
