@@ -27,10 +27,13 @@ export type ErrorCode = (typeof errorCodes)[number];
 export class FStoreError extends Error {
   override readonly name = 'FStoreError';
   readonly code: ErrorCode;
+  /** When the caller may try again (rate limits, overload); sent as `retry-after-ms` metadata. */
+  readonly retryAfterMs: number | undefined;
 
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; retryAfterMs?: number }) {
     super(message, options);
     this.code = code;
+    this.retryAfterMs = options?.retryAfterMs;
   }
 
   /** Wraps anything thrown into an FStoreError; an FStoreError passes through unchanged. */

@@ -18,7 +18,8 @@ export function errorCodeOf(grpcStatus: status): ErrorCode {
 export function toServiceError(reason: unknown): Partial<ServiceError> {
   const error = reason instanceof FStoreError ? reason : new FStoreError('internal', 'internal error');
   const metadata = new Metadata();
-  if (error.code === 'unavailable') metadata.set('retry-after-ms', '200');
+  if (error.retryAfterMs !== undefined) metadata.set('retry-after-ms', String(Math.ceil(error.retryAfterMs)));
+  else if (error.code === 'unavailable') metadata.set('retry-after-ms', '200');
   return { code: grpcStatusOf(error.code), details: error.message, metadata };
 }
 
