@@ -8,6 +8,7 @@ import { createPostgresProfileStore } from '../adapters/postgres/postgres-profil
 import { createPostgresRegistry } from '../adapters/postgres/postgres-registry.js';
 import { createRedisOnlineStore } from '../adapters/redis/redis-online-store.js';
 import type { Config } from '../config/config.js';
+import { AdminService, createAdminServiceHandlers } from '../grpc/admin-service.js';
 import { createFeatureServiceHandlers, FeatureService } from '../grpc/feature-service.js';
 import { createMonitoringServiceHandlers, MonitoringService } from '../grpc/monitoring-service.js';
 import { createRegistryServiceHandlers, RegistryService } from '../grpc/registry-service.js';
@@ -28,6 +29,7 @@ import { OnlineFeatureService } from '../serving/online-features.js';
 import { RegistryCache } from '../serving/registry-cache.js';
 import { ServedValueSampler } from '../serving/served-sample.js';
 import { createWorkerPool } from '../workers/pool.js';
+import { createSecurity, redisTlsOptions } from './security.js';
 
 /**
  * The composition root of `fstore serve`: the only place that picks adapters and wires them.
@@ -47,10 +49,12 @@ export interface Serving {
 }
 
 export function createOnlineStore(config: Config): { store: OnlineStore; kind: string } {
+  const tls = redisTlsOptions(config);
   const common = {
     keyPrefix: config.redisKeyPrefix,
     commandTimeoutMs: config.redisCommandTimeoutMs,
     password: config.redisPassword,
+    ...(tls ? { tls } : {}),
   };
   if (config.redisUrl)
     return { store: createRedisOnlineStore({ ...common, url: config.redisUrl }), kind: 'redis' };
@@ -121,6 +125,12 @@ export async function startServing(
   const postgres = await resolvePostgres(config, logger);
   let stopped = false;
   const registry = await connectRegistry(config, postgres.url, logger, () => stopped);
+  if (config.insecure && config.auth === 'off')
+    logger.warn(
+      { grpcHost: config.grpcHost, metricsHost: config.metricsHost },
+      'INSECURE: authentication is off and FSTORE_INSECURE is set: anyone who reaches this port can read and change every project',
+    );
+  const security = await createSecurity(config, postgres.url, logger);
   const { store: rawStore, kind } = createOnlineStore(config);
   const cache = new RegistryCache(registry, logger);
   await cache.start();
@@ -202,6 +212,8 @@ export async function startServing(
       maxMessageBytes: config.maxMessageBytes,
       shutdownGraceMs: config.shutdownGraceMs,
       logger,
+      ...(security.grpcCredentials ? { credentials: security.grpcCredentials } : {}),
+      reflection: config.reflection === 'on',
     },
     [
       {
@@ -211,6 +223,7 @@ export async function startServing(
           createFeatureServiceHandlers(online, ingest, materialize, historical),
           logger,
           observer,
+          security.gate,
         ),
       },
       {
@@ -220,6 +233,7 @@ export async function startServing(
           createRegistryServiceHandlers(registry, () => cache.refresh()),
           logger,
           observer,
+          security.gate,
         ),
       },
       {
@@ -229,6 +243,17 @@ export async function startServing(
           createMonitoringServiceHandlers(monitoring),
           logger,
           observer,
+          security.gate,
+        ),
+      },
+      {
+        service: AdminService,
+        implementation: createServiceImplementation(
+          AdminService,
+          createAdminServiceHandlers(security.admin),
+          logger,
+          observer,
+          security.gate,
         ),
       },
     ],
@@ -283,6 +308,7 @@ export async function startServing(
       }),
       readiness: () => readiness,
       logger,
+      ...(security.tlsFiles ? { tls: security.tlsFiles } : {}),
     });
 
   logger.info(
@@ -307,6 +333,7 @@ export async function startServing(
       metrics?.close();
       await tracing?.shutdown();
       await cache.stop();
+      await security.close();
       await Promise.allSettled([
         store.close(),
         offline.close(),

@@ -6,15 +6,17 @@ import { AggregatorRegistry } from 'prom-client';
 import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
 import { resolvePostgres, startServing } from '../app/serve.js';
+import { tlsFilesOf } from '../app/security.js';
 import { startStreamRole } from '../app/stream.js';
-import { type Config, type ConfigKey, configDefaults, loadConfig } from '../config/config.js';
+import { assertSafeListeners, type Config, type ConfigKey, configDefaults, loadConfig } from '../config/config.js';
 import { FStoreError } from '../domain/errors.js';
 import { parseTimestampMicros } from '../domain/timestamps.js';
-import { createClient } from '../grpc/client.js';
+import { addConnectionOptionsToClients, type ConnectionFlags, connect } from './connection.js';
 import { startMetricsServer } from '../observability/http.js';
 import { applyFile } from './apply-file.js';
 import { type FileFormat, fileFormats, ingestFile } from './ingest-file.js';
 import { addMonitoringCommands } from './monitoring-commands.js';
+import { addSecurityCommands } from './security-commands.js';
 
 /** `fstore` — the command-line entry. Flags override FSTORE_* environment variables. */
 
@@ -60,6 +62,21 @@ const serveFlags: { flag: string; key: ConfigKey; description: string }[] = [
     description: `log level (FSTORE_LOG_LEVEL, default ${configDefaults.logLevel})`,
   },
   {
+    flag: '--metrics-host <host>',
+    key: 'metricsHost',
+    description: `HTTP listen address of /metrics, /healthz, /readyz (FSTORE_METRICS_HOST, default ${configDefaults.metricsHost})`,
+  },
+  {
+    flag: '--auth <on|off>',
+    key: 'auth',
+    description: 'authentication and roles (FSTORE_AUTH, default off: loopback only)',
+  },
+  {
+    flag: '--insecure',
+    key: 'insecure',
+    description: 'listen beyond loopback WITHOUT authentication (FSTORE_INSECURE; logged as a warning)',
+  },
+  {
     flag: '--metrics-port <port>',
     key: 'metricsPort',
     description: `HTTP port of /metrics, /healthz, /readyz (FSTORE_METRICS_PORT, default ${configDefaults.metricsPort})`,
@@ -94,8 +111,8 @@ function configFromFlags(
 ): Config {
   const overrides: Partial<Record<ConfigKey, string>> = {};
   for (const { flag, key } of table) {
-    const value = flags[new Option(flag).attributeName()];
-    if (value !== undefined) overrides[key] = value;
+    const value: unknown = flags[new Option(flag).attributeName()];
+    if (value !== undefined) overrides[key] = typeof value === 'boolean' ? String(value) : String(value);
   }
   return loadConfig(process.env, overrides);
 }
@@ -186,6 +203,7 @@ async function serveCluster(config: Config, count: number): Promise<void> {
     if (message.fstoreReadiness) readyWorkers.add(worker.id);
     else readyWorkers.delete(worker.id);
   });
+  const tlsFiles = tlsFilesOf(config);
   const metricsServer =
     config.metrics === 'on'
       ? await startMetricsServer({
@@ -203,6 +221,7 @@ async function serveCluster(config: Config, count: number): Promise<void> {
             checks: { servingProcesses: readyWorkers.size > 0 },
           }),
           logger,
+          ...(tlsFiles ? { tls: tlsFiles } : {}),
         })
       : undefined;
   cluster.on('exit', (worker, code, signal) => {
@@ -237,6 +256,7 @@ export function buildProgram(): Command {
     let config: Config;
     try {
       config = configFromFlags(serveFlags, flags);
+      assertSafeListeners(config);
     } catch (error) {
       fail(error);
     }
@@ -278,8 +298,8 @@ export function buildProgram(): Command {
         const chunkRows = Number(flags.chunkRows);
         if (!Number.isInteger(chunkRows) || chunkRows < 1)
           fail(new Error(`--chunk-rows: "${flags.chunkRows}" is not a positive integer`));
-        const registry = createClient(RegistryService, flags.address);
-        const features = createClient(FeatureService, flags.address);
+        const registry = connect(RegistryService, flags);
+        const features = connect(FeatureService, flags);
         try {
           const started = Date.now();
           const { rows, writtenOnline, staleOnline } = await ingestFile(
@@ -323,7 +343,7 @@ export function buildProgram(): Command {
     )
     .option('--address <host:port>', 'fstore server', `localhost:${configDefaults.grpcPort}`)
     .action(async (flags: { file: string; address: string }) => {
-      const registry = createClient(RegistryService, flags.address);
+      const registry = connect(RegistryService, flags);
       try {
         for (const applied of await applyFile(registry, flags.file))
           process.stdout.write(`${applied.kind} ${applied.name}: ${applied.outcome}\n`);
@@ -370,7 +390,7 @@ export function buildProgram(): Command {
         incremental: boolean;
         address: string;
       }) => {
-        const features = createClient(FeatureService, flags.address);
+        const features = connect(FeatureService, flags);
         try {
           const started = Date.now();
           const runs = features.materialize({
@@ -399,6 +419,8 @@ export function buildProgram(): Command {
       },
     );
   addMonitoringCommands(program);
+  addConnectionOptionsToClients(program);
+  addSecurityCommands(program);
   return program;
 }
 

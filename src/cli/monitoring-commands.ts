@@ -14,7 +14,8 @@ import {
 } from '../../gen/fstore/v1/monitoring_pb.js';
 import { configDefaults } from '../config/config.js';
 import { parseTimestampMicros } from '../domain/timestamps.js';
-import { createClient } from '../grpc/client.js';
+import type { ServiceClient } from '../grpc/client.js';
+import { type ConnectionFlags, connect } from './connection.js';
 
 /**
  * `fstore profile`, `fstore profiles`, `fstore drift` and `fstore quality`: MonitoringService
@@ -80,10 +81,17 @@ const levelName: Record<DriftLevel, string> = {
 
 async function run(
   name: string,
-  address: string,
-  work: (client: ReturnType<typeof createMonitoringClient>) => Promise<void>,
+  flags: ConnectionFlags,
+  work: (client: ServiceClient<typeof MonitoringService>) => Promise<void>,
 ) {
-  const client = createMonitoringClient(address);
+  let client: ServiceClient<typeof MonitoringService>;
+  try {
+    client = connect(MonitoringService, flags);
+  } catch (error) {
+    process.stderr.write(`fstore ${name}: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.exitCode = 1;
+    return;
+  }
   try {
     await work(client);
   } catch (error) {
@@ -94,7 +102,6 @@ async function run(
   }
 }
 
-const createMonitoringClient = (address: string) => createClient(MonitoringService, address);
 
 export function addMonitoringCommands(program: Command): void {
   program
@@ -129,7 +136,7 @@ export function addMonitoringCommands(program: Command): void {
         json: boolean;
         address: string;
       }) =>
-        run('profile', flags.address, async (client) => {
+        run('profile', flags, async (client) => {
           const source = flags.served ? servedSource : rangeSource(flags.start, flags.end, '--start/--end');
           if (flags.save !== undefined) {
             const response = await client.saveReferenceProfile({
@@ -172,7 +179,7 @@ export function addMonitoringCommands(program: Command): void {
     .option('--json', 'print the response as protobuf JSON', false)
     .option('--address <host:port>', 'fstore server', defaultAddress)
     .action((flags: { project: string; view?: string; json: boolean; address: string }) =>
-      run('profiles', flags.address, async (client) => {
+      run('profiles', flags, async (client) => {
         const response = await client.listReferenceProfiles({
           project: flags.project,
           featureView: flags.view ?? '',
@@ -225,7 +232,7 @@ export function addMonitoringCommands(program: Command): void {
         json: boolean;
         address: string;
       }) =>
-        run('drift', flags.address, async (client) => {
+        run('drift', flags, async (client) => {
           if (flags.failOn !== undefined && flags.failOn !== 'warn' && flags.failOn !== 'alert')
             throw new Error(`--fail-on ${flags.failOn}: give warn or alert`);
           const reference =
@@ -292,7 +299,7 @@ export function addMonitoringCommands(program: Command): void {
         json: boolean;
         address: string;
       }) =>
-        run('quality', flags.address, async (client) => {
+        run('quality', flags, async (client) => {
           const response = await client.getDataQualityReport({
             project: flags.project,
             featureView: flags.view,

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { parseBindingTable } from '../domain/access.js';
 import { FStoreError } from '../domain/errors.js';
 
 /**
@@ -8,7 +9,8 @@ import { FStoreError } from '../domain/errors.js';
  */
 
 export const configDefaults = {
-  grpcHost: '0.0.0.0',
+  grpcHost: '127.0.0.1', // loopback: listening wider needs authentication or an explicit FSTORE_INSECURE
+  insecure: 'false', // 'true': accept unauthenticated calls beyond loopback (logged as a warning at every start)
   grpcPort: 6566,
   processes: 1,
   redisKeyPrefix: 'fs:',
@@ -38,15 +40,38 @@ export const configDefaults = {
   driftMonitorTickMs: 5_000, // how often due scheduled drift checks are looked for
   driftMonitor: 'on', // 'off': this process runs no scheduled drift check
   logLevel: 'info',
-  metricsHost: '0.0.0.0',
+  metricsHost: '127.0.0.1', // the same rule as the gRPC port
   metricsPort: 9464, // Prometheus /metrics, /healthz and /readyz; 0 picks a free port
   metrics: 'on', // 'off': no metrics recorded and no HTTP port
   accessLog: 'errors', // one log line per call: 'all', only failed calls ('errors'), or 'off'
   otlpEndpoint: undefined, // OTLP/HTTP traces URL (e.g. http://collector:4318/v1/traces); unset: no tracing
   traceSampleRatio: 1, // fraction of calls without a sampled parent that are traced (a caller's decision wins)
+  reflection: 'on', // gRPC server reflection; 'off' hides the API's shape from unauthenticated callers
+  auth: 'off', // 'on': every call needs an API key, a JWT or a client certificate; roles per project, default deny
+  authApiKeys: 'on', // with auth on: API keys (fsk_…) are accepted
+  authBindings: undefined, // role bindings of JWT groups/subjects and certificate names: name=role@project[,…][;…]
+  jwtIssuer: undefined, // OpenID Connect issuer URL; with it, JWT bearer tokens are accepted
+  jwtAudience: undefined, // the audience tokens must carry
+  jwtJwksUrl: undefined, // default: the issuer's discovery document's jwks_uri
+  jwtRolesClaim: 'roles', // claim (dotted path) holding role@project values or group names
+  jwtClockSkewSeconds: 30, // tolerance on exp / nbf
+  tlsCertFile: undefined, // PEM certificate chain: TLS on the gRPC and metrics ports
+  tlsKeyFile: undefined,
+  tlsClientCaFile: undefined, // PEM CA bundle: client certificates are requested and verified (mTLS)
+  tlsClientCertificate: 'optional', // with a client CA: 'require' refuses connections without a verified certificate
+  tlsReloadIntervalMs: 5_000, // certificate files are checked for changes this often (no restart needed)
+  redisTls: 'auto', // 'on': TLS to Redis (and every cluster node); 'auto': on for rediss:// URLs
+  redisTlsCaFile: undefined, // PEM CA bundle for Redis's certificate; default: the system's
+  rateLimitRequestsPerSecond: 0, // per principal, shared by every serving process through Redis; 0: unlimited
+  rateLimitRequestBurst: 0, // 0: one second's worth
+  rateLimitRowsPerSecond: 0, // per principal (a 1,000-row batch costs 1,000); 0: unlimited
+  rateLimitRowBurst: 0, // 0: one second's worth
+  auditLog: 'on', // registry changes, key changes, writes, ingests and materializations, in PostgreSQL
 } as const;
 
 const integer = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+const onOff = z.enum(['on', 'off']);
+const boolean = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((value) => ['true', '1', 'yes'].includes(value));
 const optionalText = z
   .string()
   .trim()
@@ -55,6 +80,7 @@ const optionalText = z
 
 const settings = {
   grpcHost: { env: 'FSTORE_GRPC_HOST', schema: z.string().min(1) },
+  insecure: { env: 'FSTORE_INSECURE', schema: boolean },
   grpcPort: { env: 'FSTORE_GRPC_PORT', schema: integer(0, 65_535) },
   processes: {
     env: 'FSTORE_PROCESSES',
@@ -104,6 +130,42 @@ const settings = {
   accessLog: { env: 'FSTORE_ACCESS_LOG', schema: z.enum(['off', 'errors', 'all']) },
   otlpEndpoint: { env: 'FSTORE_OTLP_ENDPOINT', schema: optionalText.pipe(z.url().optional()) },
   traceSampleRatio: { env: 'FSTORE_TRACE_SAMPLE_RATIO', schema: z.coerce.number().min(0).max(1) },
+  reflection: { env: 'FSTORE_REFLECTION', schema: onOff },
+  auth: { env: 'FSTORE_AUTH', schema: onOff },
+  authApiKeys: { env: 'FSTORE_AUTH_API_KEYS', schema: onOff },
+  authBindings: {
+    env: 'FSTORE_AUTH_BINDINGS',
+    schema: optionalText.pipe(
+      z
+        .string()
+        .transform((text, context) => {
+          try {
+            return parseBindingTable(text);
+          } catch (error) {
+            context.addIssue({ code: 'custom', message: (error as Error).message });
+            return z.NEVER;
+          }
+        })
+        .optional(),
+    ),
+  },
+  jwtIssuer: { env: 'FSTORE_JWT_ISSUER', schema: optionalText.pipe(z.url().optional()) },
+  jwtAudience: { env: 'FSTORE_JWT_AUDIENCE', schema: optionalText },
+  jwtJwksUrl: { env: 'FSTORE_JWT_JWKS_URL', schema: optionalText.pipe(z.url().optional()) },
+  jwtRolesClaim: { env: 'FSTORE_JWT_ROLES_CLAIM', schema: z.string().regex(/^[A-Za-z0-9_:/.-]+$/) },
+  jwtClockSkewSeconds: { env: 'FSTORE_JWT_CLOCK_SKEW_SECONDS', schema: integer(0, 600) },
+  tlsCertFile: { env: 'FSTORE_TLS_CERT_FILE', schema: optionalText },
+  tlsKeyFile: { env: 'FSTORE_TLS_KEY_FILE', schema: optionalText },
+  tlsClientCaFile: { env: 'FSTORE_TLS_CLIENT_CA_FILE', schema: optionalText },
+  tlsClientCertificate: { env: 'FSTORE_TLS_CLIENT_CERT', schema: z.enum(['optional', 'require']) },
+  tlsReloadIntervalMs: { env: 'FSTORE_TLS_RELOAD_INTERVAL_MS', schema: integer(100, 3_600_000) },
+  redisTls: { env: 'FSTORE_REDIS_TLS', schema: z.enum(['auto', 'on', 'off']) },
+  redisTlsCaFile: { env: 'FSTORE_REDIS_TLS_CA_FILE', schema: optionalText },
+  rateLimitRequestsPerSecond: { env: 'FSTORE_RATE_LIMIT_REQUESTS_PER_SECOND', schema: integer(0, 10_000_000) },
+  rateLimitRequestBurst: { env: 'FSTORE_RATE_LIMIT_REQUEST_BURST', schema: integer(0, 100_000_000) },
+  rateLimitRowsPerSecond: { env: 'FSTORE_RATE_LIMIT_ROWS_PER_SECOND', schema: integer(0, 1_000_000_000) },
+  rateLimitRowBurst: { env: 'FSTORE_RATE_LIMIT_ROW_BURST', schema: integer(0, 10_000_000_000) },
+  auditLog: { env: 'FSTORE_AUDIT_LOG', schema: onOff },
   logLevel: {
     env: 'FSTORE_LOG_LEVEL',
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
@@ -152,5 +214,51 @@ export function loadConfig(
       'invalid_argument',
       'setting FSTORE_PROCESSES: several serving processes need a shared online store; set FSTORE_REDIS_URL or FSTORE_REDIS_CLUSTER_NODES (the embedded store lives inside one process)',
     );
+  const both = (a: ConfigKey, b: ConfigKey) => {
+    if ((checked[a] === undefined) !== (checked[b] === undefined))
+      throw new FStoreError(
+        'invalid_argument',
+        `settings ${configEnvironmentNames[a]} and ${configEnvironmentNames[b]} go together: give both or neither`,
+      );
+  };
+  both('tlsCertFile', 'tlsKeyFile');
+  both('jwtIssuer', 'jwtAudience');
+  if (checked.tlsClientCaFile && !checked.tlsCertFile)
+    throw new FStoreError(
+      'invalid_argument',
+      'setting FSTORE_TLS_CLIENT_CA_FILE: client certificates need TLS; set FSTORE_TLS_CERT_FILE and FSTORE_TLS_KEY_FILE',
+    );
+  if (checked.jwtJwksUrl && !checked.jwtIssuer)
+    throw new FStoreError('invalid_argument', 'setting FSTORE_JWT_JWKS_URL: needs FSTORE_JWT_ISSUER and FSTORE_JWT_AUDIENCE');
+  if (checked.auth === 'on' && checked.authApiKeys === 'off' && !checked.jwtIssuer && !checked.tlsClientCaFile)
+    throw new FStoreError(
+      'invalid_argument',
+      'setting FSTORE_AUTH=on with FSTORE_AUTH_API_KEYS=off: no way to authenticate is left; set FSTORE_JWT_ISSUER or FSTORE_TLS_CLIENT_CA_FILE',
+    );
   return checked;
+}
+
+/** Whether `host` only accepts connections from this machine. */
+export function isLoopbackHost(host: string): boolean {
+  const bare = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return bare === 'localhost' || bare === '::1' || /^127(\.\d{1,3}){3}$/.test(bare);
+}
+
+/**
+ * Safe by default: without authentication, `fstore serve` listens on loopback only. A wider
+ * address needs FSTORE_AUTH=on, or FSTORE_INSECURE=true (`--insecure`) as the operator's explicit
+ * choice. The metrics port carries no feature values but follows the same rule.
+ */
+export function assertSafeListeners(config: Config, metricsOn = config.metrics === 'on'): void {
+  if (config.auth === 'on' || config.insecure) return;
+  const listeners: [ConfigKey, string][] = [['grpcHost', config.grpcHost]];
+  if (metricsOn) listeners.push(['metricsHost', config.metricsHost]);
+  for (const [key, host] of listeners)
+    if (!isLoopbackHost(host))
+      throw new FStoreError(
+        'failed_precondition',
+        `setting ${configEnvironmentNames[key]} (${host}): listening beyond loopback without authentication is refused; ` +
+          'set FSTORE_AUTH=on (API keys, FSTORE_JWT_ISSUER or FSTORE_TLS_CLIENT_CA_FILE), ' +
+          'or FSTORE_INSECURE=true (--insecure) to accept unauthenticated calls from the network',
+      );
 }

@@ -116,3 +116,36 @@ export function distinctBindings(bindings: Iterable<RoleBinding>): RoleBinding[]
   for (const binding of bindings) seen.set(formatRoleBinding(binding), binding);
   return [...seen.values()];
 }
+
+/**
+ * The `FSTORE_AUTH_BINDINGS` table: `name=binding[,binding...]` entries separated by `;`, where a
+ * name is `group:<JWT roles-claim value>`, `jwt:<subject>` or `cert:<certificate CN or SAN>` and a
+ * binding is `role@project`. Throws a message naming the bad entry.
+ */
+export function parseBindingTable(text: string): Map<string, RoleBinding[]> {
+  const table = new Map<string, RoleBinding[]>();
+  for (const entry of text.split(';')) {
+    if (entry.trim() === '') continue;
+    const separator = entry.lastIndexOf('=');
+    const name = entry.slice(0, separator).trim();
+    if (separator <= 0 || !/^(group|jwt|cert):.+/.test(name))
+      throw new FStoreError(
+        'invalid_argument',
+        `binding entry ${JSON.stringify(entry.trim())}: expected group:<name>|jwt:<subject>|cert:<name>=role@project[,role@project...]`,
+      );
+    const bindings = entry
+      .slice(separator + 1)
+      .split(',')
+      .map((text) => {
+        const binding = parseRoleBinding(text);
+        if (!binding)
+          throw new FStoreError(
+            'invalid_argument',
+            `binding entry ${JSON.stringify(entry.trim())}: ${JSON.stringify(text.trim())} is not role@project (role: ${roles.join(', ')}; project: a name or *)`,
+          );
+        return binding;
+      });
+    table.set(name, distinctBindings([...(table.get(name) ?? []), ...bindings]));
+  }
+  return table;
+}

@@ -61,8 +61,18 @@ export type ServiceClient<S> = {
 } & { close(): void };
 
 export interface ClientOptions {
+  /** TLS (src/grpc/tls.ts `createChannelCredentials`); default plaintext. */
   readonly credentials?: ChannelCredentials;
   readonly channelOptions?: ChannelOptions;
+  /** Sent with every call, e.g. `authorization: Bearer <API key or JWT>`; a call's own metadata adds to it. */
+  readonly metadata?: Metadata;
+}
+
+/** Metadata carrying a bearer credential (an API key `fsk_…` or a JWT). */
+export function bearerMetadata(credential: string): Metadata {
+  const metadata = new Metadata();
+  metadata.set('authorization', `Bearer ${credential}`);
+  return metadata;
 }
 
 const isServiceError = (error: unknown): error is ServiceError =>
@@ -79,6 +89,14 @@ export function createClient<S extends DescService>(
     ...options.channelOptions,
   });
   const methods: Record<string, unknown> = { close: () => client.close() };
+  const defaults = options.metadata;
+  const metadataOf = (call: CallOptions): Metadata => {
+    if (!defaults) return call.metadata ?? new Metadata();
+    if (!call.metadata) return defaults.clone();
+    const merged = defaults.clone();
+    merged.merge(call.metadata);
+    return merged;
+  };
   const callOptionsOf = (options: CallOptions) =>
     options.timeoutMs === undefined ? {} : { deadline: Date.now() + options.timeoutMs };
   for (const method of service.methods) {
@@ -93,7 +111,7 @@ export function createClient<S extends DescService>(
             requestSerialize,
             responseDeserialize,
             create(method.input, request),
-            options.metadata ?? new Metadata(),
+            metadataOf(options),
             callOptionsOf(options),
             (error: ServiceError | null, response?: unknown) =>
               error ? reject(fromServiceError(error)) : resolve(response),
@@ -109,7 +127,7 @@ export function createClient<S extends DescService>(
           requestSerialize,
           responseDeserialize,
           create(method.input, request),
-          options.metadata ?? new Metadata(),
+          metadataOf(options),
           callOptionsOf(options),
         );
         try {
@@ -130,7 +148,7 @@ export function createClient<S extends DescService>(
           path,
           requestSerialize,
           responseDeserialize,
-          options.metadata ?? new Metadata(),
+          metadataOf(options),
           callOptionsOf(options),
         );
         let inputFailure: FStoreError | undefined;
@@ -170,7 +188,7 @@ export function createClient<S extends DescService>(
             path,
             requestSerialize,
             responseDeserialize,
-            options.metadata ?? new Metadata(),
+            metadataOf(options),
             callOptionsOf(options),
             (error: ServiceError | null, response?: unknown) =>
               error ? reject(fromServiceError(error)) : resolve(response),

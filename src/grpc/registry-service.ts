@@ -1,4 +1,5 @@
 import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
+import { isAllowed } from '../domain/access.js';
 import { validateName } from '../domain/registry-rules.js';
 import type { Registry } from '../ports/registry.js';
 import {
@@ -138,8 +139,10 @@ export function createRegistryServiceHandlers(
       return {};
     },
 
-    async listProjects() {
-      return { projects: await registry.listProjects() };
+    async listProjects(_request, context) {
+      // Only the projects the caller may read: another tenant's project names are data too.
+      const projects = await registry.listProjects();
+      return { projects: projects.filter((name) => isAllowed(context.principal, 'registry.read', name)) };
     },
   };
 }

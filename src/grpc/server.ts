@@ -21,6 +21,7 @@ import {
 } from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
+import { anonymousPrincipal, type Principal } from '../domain/access.js';
 import { FStoreError } from '../domain/errors.js';
 import { createGrpcServiceDefinition, EncodedMessage, type ServiceMethods } from './service-definition.js';
 import { toServiceError } from './status.js';
@@ -29,6 +30,51 @@ export interface CallContext {
   /** Aborts at the call's deadline (reason: deadline_exceeded) or when the client cancels. */
   readonly signal: AbortSignal;
   readonly metadata: Metadata;
+  /** Who is calling (the anonymous admin when authentication is off). */
+  readonly principal: Principal;
+  /** The caller's x-request-id, or one made for the call: in logs, traces and the audit log. */
+  readonly requestId: string;
+}
+
+/**
+ * Admission of every call (src/grpc/call-gate.ts): `open` authenticates it from its metadata and
+ * transport before anything else runs; `admit` authorizes the request — a stream's first message
+ * — and charges every message to the caller's rate limits, before the handler sees it; the
+ * handler's responses and the call's end are reported for the audit log.
+ */
+export interface CallGate {
+  open(method: string, call: GatedCall, requestId: string): GateCall | Promise<GateCall>;
+}
+
+export interface GatedCall {
+  readonly metadata: Metadata;
+  getAuthContext(): { readonly sslPeerCertificate?: import('node:tls').PeerCertificate | undefined };
+}
+
+export interface GateCall {
+  readonly principal: Principal;
+  admit(message: unknown): void | Promise<void>;
+  responded(response: unknown): void;
+  finish(error: unknown): void;
+}
+
+const openGate: GateCall = {
+  principal: anonymousPrincipal,
+  admit() {},
+  responded() {},
+  finish() {},
+};
+
+let requestSequence = 0;
+const processTag = `${process.pid.toString(36)}-${Date.now().toString(36)}`;
+
+/** The caller's x-request-id (at most 128 printable characters), else a new id unique to this process's lifetime. */
+export function requestIdOf(metadata: Metadata): string {
+  const given = metadata.get('x-request-id')[0];
+  if (typeof given === 'string' && given.length > 0 && given.length <= 128 && /^[\x21-\x7e]+$/.test(given))
+    return given;
+  requestSequence += 1;
+  return `${processTag}-${requestSequence.toString(36)}`;
 }
 
 type Schema = Parameters<typeof create>[0];
@@ -78,7 +124,7 @@ export type ServiceHandlers<S> = {
  * runs once, with the error that ended the call or undefined.
  */
 export interface CallObserver {
-  begin(method: string, metadata: Metadata): CallScope;
+  begin(method: string, metadata: Metadata, requestId: string): CallScope;
 }
 
 export interface CallScope {
@@ -136,25 +182,36 @@ function deadlineSignal(
 async function* requestsOf(
   call: ServerReadableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>,
   signal: AbortSignal,
+  gate: Promise<GateCall>,
 ): AsyncGenerator<unknown> {
+  const admission = await gate;
   // Not `for await (… of call)`: its iterator destroys the stream at the end of the input, and a
   // destroyed duplex can no longer send the responses and status of a bidirectional call.
-  for await (const request of call.iterator({ destroyOnReturn: false })) yield request;
+  for await (const request of call.iterator({ destroyOnReturn: false })) {
+    // Authorized on the first message (it names the project), charged on every one, before the
+    // handler — and so any store — sees it.
+    await admission.admit(request);
+    yield request;
+  }
   if (call.cancelled || signal.aborted)
     throw signal.reason instanceof FStoreError
       ? signal.reason
       : new FStoreError('cancelled', 'the client cancelled the call before the end of its stream');
 }
 
+/** Codes that mean a bug or a store failure: the caller gets plain words, the log gets the detail. */
+const hiddenDetailCodes = new Set(['internal', 'unknown', 'data_loss']);
+
 /**
- * grpc-js implementation of a service's unary and client-streaming methods: errors mapped to
- * statuses, logged once.
+ * grpc-js implementation of a service's methods: every call admitted by the gate (when given)
+ * before its handler runs, errors mapped to statuses and logged once with the request id.
  */
 export function createServiceImplementation<S extends DescService>(
   service: S,
   handlers: ServiceHandlers<S>,
   logger: ServerLogger,
   observer?: CallObserver,
+  gate?: CallGate,
 ): UntypedServiceImplementation {
   const implementation: UntypedServiceImplementation = {};
   for (const method of service.methods) {
@@ -163,35 +220,54 @@ export function createServiceImplementation<S extends DescService>(
     ];
     if (!handler) throw new Error(`no handler for ${service.typeName}.${method.name}`);
     const fullName = `${service.typeName}/${method.name}`;
-    const failed = (reason: unknown) => {
-      if (reason instanceof FStoreError)
-        logger.debug({ method: method.name, code: reason.code, err: reason }, 'call failed');
-      else logger.error({ method: method.name, err: reason }, 'unexpected error in handler');
+    const failed = (reason: unknown, requestId: string) => {
+      if (!(reason instanceof FStoreError)) {
+        logger.error({ method: method.name, requestId, err: reason }, 'unexpected error in handler');
+        return toServiceError(reason);
+      }
+      if (hiddenDetailCodes.has(reason.code)) {
+        logger.error({ method: method.name, requestId, code: reason.code, err: reason }, 'call failed');
+        return toServiceError(
+          new FStoreError(reason.code, `internal error; the server log has the detail (request id ${requestId})`),
+        );
+      }
+      // A store failure's driver detail is in the cause: logged here, never sent.
+      if (reason.cause !== undefined)
+        logger.warn({ method: method.name, requestId, code: reason.code, err: reason }, 'call failed');
+      else logger.debug({ method: method.name, requestId, code: reason.code, err: reason }, 'call failed');
       return toServiceError(reason);
     };
+    /** Authenticates before anything else; a refusal becomes the call's status. */
+    const open = (call: GatedCall, requestId: string): Promise<GateCall> =>
+      gate ? Promise.resolve().then(() => gate.open(fullName, call, requestId)) : Promise.resolve(openGate);
     if (method.methodKind === 'server_streaming' || method.methodKind === 'bidi_streaming') {
       implementation[method.localName] = (
         call: ServerWritableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>,
       ) => {
         const { signal, release } = deadlineSignal(call);
-        const scope = observer?.begin(fullName, call.metadata);
-        const input =
-          method.methodKind === 'server_streaming'
-            ? (call as ServerWritableStream<unknown, unknown>).request
-            : requestsOf(call as ServerDuplexStream<unknown, unknown>, signal);
-        const start = () =>
-          (handler as unknown as (request: unknown, context: CallContext) => AsyncIterable<object>)(input, {
-            signal,
-            metadata: call.metadata,
-          });
-        const responses = scope ? scope.run(start) : start();
+        const requestId = requestIdOf(call.metadata);
+        const scope = observer?.begin(fullName, call.metadata, requestId);
+        const gateCall = open(call, requestId);
+        // Failures surface where the call awaits it; this keeps an early refusal from being unhandled.
+        gateCall.catch(() => undefined);
+        let admission: GateCall | undefined;
         const drive = async () => {
+          admission = await gateCall;
+          let input: unknown;
+          if (method.methodKind === 'server_streaming') {
+            input = (call as ServerWritableStream<unknown, unknown>).request;
+            await admission.admit(input);
+          } else input = requestsOf(call as ServerDuplexStream<unknown, unknown>, signal, gateCall);
+          const responses = (
+            handler as unknown as (request: unknown, context: CallContext) => AsyncIterable<object>
+          )(input, { signal, metadata: call.metadata, principal: admission.principal, requestId });
           for await (const response of responses) {
             if (signal.aborted) throw signal.reason;
             const message =
               response instanceof EncodedMessage
                 ? response
                 : create(method.output, response as MessageInitShape<typeof method.output>);
+            if (!(response instanceof EncodedMessage)) admission.responded(message);
             // Backpressure: a slow client slows the handler down instead of filling memory.
             if (!call.write(message)) await once(call, 'drain', { signal });
           }
@@ -200,16 +276,19 @@ export function createServiceImplementation<S extends DescService>(
           () => {
             release();
             scope?.finish(undefined);
+            admission?.finish(undefined);
             call.end();
           },
           (reason: unknown) => {
             release();
-            scope?.finish(signal.aborted ? signal.reason : reason);
+            const outcome = signal.aborted ? signal.reason : reason;
+            scope?.finish(outcome);
+            admission?.finish(outcome);
             // A cancelled call has no one to tell; after a deadline, say so whatever the
             // handler threw on its way out (an aborted worker task, a cancelled query).
-            if (!signal.aborted) call.emit('error', failed(reason));
+            if (!signal.aborted) call.emit('error', failed(reason, requestId));
             else if (!(signal.reason instanceof FStoreError && signal.reason.code === 'cancelled'))
-              call.emit('error', failed(signal.reason));
+              call.emit('error', failed(signal.reason, requestId));
           },
         );
       };
@@ -224,27 +303,37 @@ export function createServiceImplementation<S extends DescService>(
       callback: sendUnaryData<unknown>,
     ) => {
       const { signal, release } = deadlineSignal(call);
-      const scope = observer?.begin(fullName, call.metadata);
-      const input =
-        method.methodKind === 'unary'
-          ? (call as ServerUnaryCall<unknown, unknown>).request
-          : requestsOf(call as ServerReadableStream<unknown, unknown>, signal);
-      const context = { signal, metadata: call.metadata };
-      (scope ? scope.run(() => handler(input, context)) : handler(input, context)).then(
+      const requestId = requestIdOf(call.metadata);
+      const scope = observer?.begin(fullName, call.metadata, requestId);
+      const gateCall = open(call, requestId);
+      gateCall.catch(() => undefined);
+      let admission: GateCall | undefined;
+      const run = async () => {
+        admission = await gateCall;
+        let input: unknown;
+        if (method.methodKind === 'unary') {
+          input = (call as ServerUnaryCall<unknown, unknown>).request;
+          await admission.admit(input);
+        } else input = requestsOf(call as ServerReadableStream<unknown, unknown>, signal, gateCall);
+        return handler(input, { signal, metadata: call.metadata, principal: admission.principal, requestId });
+      };
+      (scope ? scope.run(run) : run()).then(
         (response) => {
           release();
           scope?.finish(undefined);
-          callback(
-            null,
+          const message =
             response instanceof EncodedMessage
               ? response
-              : create(method.output, response as MessageInitShape<typeof method.output>),
-          );
+              : create(method.output, response as MessageInitShape<typeof method.output>);
+          if (!(message instanceof EncodedMessage)) admission?.responded(message);
+          admission?.finish(undefined);
+          callback(null, message);
         },
         (reason: unknown) => {
           release();
           scope?.finish(reason);
-          callback(failed(reason));
+          admission?.finish(reason);
+          callback(failed(reason, requestId));
         },
       );
     };
@@ -281,6 +370,10 @@ export interface GrpcServerOptions {
   /** Draining time before in-flight calls are cut at shutdown. */
   readonly shutdownGraceMs: number;
   readonly logger: ServerLogger;
+  /** TLS (src/grpc/tls.ts); default plaintext. */
+  readonly credentials?: ServerCredentials;
+  /** Serve gRPC server reflection (default true). */
+  readonly reflection?: boolean;
 }
 
 export interface RunningGrpcServer {
@@ -305,18 +398,19 @@ export async function startGrpcServer(
     Object.fromEntries(healthNames.map((name) => [name, 'NOT_SERVING'])),
   );
   health.addToServer(server);
-  new ReflectionService(
-    reflectionPackage(services.map(({ service }) => service)) as unknown as ConstructorParameters<
-      typeof ReflectionService
-    >[0],
-  ).addToServer(server);
+  if (options.reflection !== false)
+    new ReflectionService(
+      reflectionPackage(services.map(({ service }) => service)) as unknown as ConstructorParameters<
+        typeof ReflectionService
+      >[0],
+    ).addToServer(server);
   for (const { service, implementation } of services)
     server.addService(createGrpcServiceDefinition(service), implementation);
 
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(
       `${options.host}:${options.port}`,
-      ServerCredentials.createInsecure(),
+      options.credentials ?? ServerCredentials.createInsecure(),
       (error, boundPort) =>
         error
           ? reject(

@@ -27,3 +27,9 @@ export function toServiceError(reason: unknown): Partial<ServiceError> {
 export function fromServiceError(error: ServiceError): FStoreError {
   return new FStoreError(errorCodeOf(error.code), error.details || error.message, { cause: error });
 }
+
+/** The gRPC status name of a call's outcome: OK, or the FStoreError's code (INTERNAL for anything else). */
+export function statusNameOf(error: unknown): string {
+  if (error === undefined) return 'OK';
+  return error instanceof FStoreError ? error.code.toUpperCase() : 'INTERNAL';
+}

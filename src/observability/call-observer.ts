@@ -1,8 +1,8 @@
 import type { Metadata } from '@grpc/grpc-js';
 import type { Tracer } from '@opentelemetry/api';
 import type { Logger } from 'pino';
-import { FStoreError } from '../domain/errors.js';
 import type { CallObserver, CallScope } from '../grpc/server.js';
+import { statusNameOf } from '../grpc/status.js';
 import type { ServingMetrics } from './metrics.js';
 import { endCallSpan, startCallSpan } from './tracing.js';
 
@@ -13,23 +13,6 @@ import { endCallSpan, startCallSpan } from './tracing.js';
  */
 
 export type AccessLog = 'off' | 'errors' | 'all';
-
-/** The gRPC status name of a call's outcome: OK, or the FStoreError's code (INTERNAL for anything else). */
-export function statusNameOf(error: unknown): string {
-  if (error === undefined) return 'OK';
-  return error instanceof FStoreError ? error.code.toUpperCase() : 'INTERNAL';
-}
-
-let sequence = 0;
-const processTag = `${process.pid.toString(36)}-${Date.now().toString(36)}`;
-
-/** The caller's x-request-id, else a new id unique to this process's lifetime. */
-function requestIdOf(metadata: Metadata): string {
-  const given = metadata.get('x-request-id')[0];
-  if (typeof given === 'string' && given.length > 0 && given.length <= 128) return given;
-  sequence += 1;
-  return `${processTag}-${sequence.toString(36)}`;
-}
 
 const passThrough = <T>(handler: () => T): T => handler();
 
@@ -42,10 +25,8 @@ export function createCallObserver(options: {
   const { metrics, tracer, logger, accessLog } = options;
   if (!metrics && !tracer && accessLog === 'off') return undefined;
   return {
-    begin(method: string, metadata: Metadata): CallScope {
+    begin(method: string, metadata: Metadata, requestId: string): CallScope {
       const started = performance.now();
-      const logging = accessLog !== 'off' || tracer !== undefined;
-      const requestId = logging ? requestIdOf(metadata) : '';
       const traced = tracer ? startCallSpan(tracer, method, metadata, requestId) : undefined;
       return {
         run: traced ? traced.run : passThrough,

@@ -1,12 +1,15 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { Logger } from 'pino';
 import { FStoreError } from '../domain/errors.js';
+import { clientCertificateOptions, type TlsFiles, type TlsFileWatcher, watchTlsFiles } from '../grpc/tls.js';
 
 /**
  * The HTTP side port (DESIGN §5): `/metrics` (Prometheus text format), `/healthz` (the process
  * answers) and `/readyz` (200 only while every store this process needs answers, else 503 with
  * what is down). A separate server from gRPC's: a slow scrape never holds a gRPC call, and each
- * request only reads figures already in memory.
+ * request only reads figures already in memory. With `tls`, HTTPS (optionally mTLS) with
+ * certificates reloaded on change.
  */
 
 export interface Readiness {
@@ -25,8 +28,13 @@ export async function startMetricsServer(options: {
   readonly metrics: () => Promise<{ contentType: string; body: string }>;
   readonly readiness: () => Readiness;
   readonly logger: Logger;
+  /**
+   * Serve HTTPS with these files (the gRPC port's, typically), reloaded on change like there.
+   * Default: plain HTTP.
+   */
+  readonly tls?: TlsFiles;
 }): Promise<MetricsServer> {
-  const server: Server = createServer((request, response) => {
+  const handle = (request: IncomingMessage, response: ServerResponse) => {
     const path = (request.url ?? '/').split('?')[0];
     if (request.method !== 'GET' && request.method !== 'HEAD') {
       response.writeHead(405, { allow: 'GET, HEAD' }).end();
@@ -54,17 +62,47 @@ export async function startMetricsServer(options: {
       return;
     }
     response.writeHead(404, { 'content-type': 'text/plain' }).end('not found: /metrics, /healthz, /readyz\n');
-  });
+  };
+  let server: Server | HttpsServer;
+  let watcher: TlsFileWatcher | undefined;
+  if (options.tls) {
+    let httpsServer: HttpsServer | undefined;
+    watcher = await watchTlsFiles(
+      options.tls,
+      // New connections get the new certificate; open ones keep theirs.
+      (material) => httpsServer?.setSecureContext(material),
+      {
+        reloaded: () =>
+          options.logger.info({ certFile: options.tls?.certFile }, 'metrics TLS certificate reloaded'),
+        rejected: (error) =>
+          options.logger.warn(
+            { err: error },
+            'metrics TLS files changed but are unusable; keeping the last good ones',
+          ),
+      },
+    );
+    const { cert, key, ca } = watcher.initial;
+    httpsServer = createHttpsServer(
+      { cert, key, ...(ca === undefined ? {} : { ca }), ...clientCertificateOptions(options.tls) },
+      handle,
+    );
+    // A failed handshake (plain HTTP, an untrusted client) only ends that connection.
+    httpsServer.on('tlsClientError', (error) =>
+      options.logger.debug({ err: error }, 'metrics TLS handshake failed'),
+    );
+    server = httpsServer;
+  } else server = createServer(handle);
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (error) =>
+    server.once('error', (error) => {
+      watcher?.close();
       reject(
         new FStoreError(
           'unavailable',
           `cannot listen on ${options.host}:${options.port} for metrics: ${error.message}`,
         ),
-      ),
-    );
+      );
+    });
     server.listen(options.port, options.host, () => resolve());
   });
   const address = server.address();
@@ -72,6 +110,7 @@ export async function startMetricsServer(options: {
     port: typeof address === 'object' && address ? address.port : options.port,
     close: () =>
       new Promise<void>((resolve) => {
+        watcher?.close();
         server.closeAllConnections();
         server.close(() => resolve());
       }),

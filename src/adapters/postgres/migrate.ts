@@ -11,6 +11,8 @@ export const migrations: readonly { readonly version: number; readonly name: str
   { version: 1, name: '001_registry' },
   { version: 2, name: '002_stream_aggregations' },
   { version: 3, name: '003_reference_profiles' },
+  { version: 4, name: '004_api_keys' },
+  { version: 5, name: '005_audit_log' },
 ];
 
 /**

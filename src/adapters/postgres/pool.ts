@@ -1,6 +1,7 @@
 import type { ClientConfig, PoolClient, QueryResult, QueryResultRow } from 'pg';
 import pg from 'pg';
 import { FStoreError } from '../../domain/errors.js';
+import { describeConnectionFailure } from '../connection-failure.js';
 import type { PostgresOptions } from './options.js';
 
 /**
@@ -136,7 +137,7 @@ export function createPostgresPool(options: PostgresOptions, purpose = defaultPu
             }
             throw new FStoreError(
               'aborted',
-              `${purpose} (PostgreSQL): the change conflicted with concurrent changes ${attempts} times (${describe(error)}); retry it`,
+              `${purpose} (PostgreSQL): the change conflicted with concurrent changes ${attempts} times; retry it`,
               { cause: error },
             );
           }
@@ -210,19 +211,23 @@ export function translateDatabaseError(error: unknown, purpose = defaultPurpose)
   if (error instanceof FStoreError) return error;
   const code = errorCode(error);
   const detail = describe(error);
+  // Messages reach callers: plain words only. The driver's text (SQL, addresses) stays in `cause`,
+  // which the server logs with the request id.
   if (isConnectionError(error) || code?.startsWith('28') || code === '3D000')
     // 28xxx (authentication) and 3D000 (no such database) are configuration problems, but to a
     // caller they mean the same: the registry cannot be reached until someone fixes it.
-    return new FStoreError('unavailable', `${purpose} (PostgreSQL) is unavailable: ${detail}`, {
+    return new FStoreError('unavailable', `${purpose} (PostgreSQL) is unavailable: ${describeConnectionFailure(error)}`, {
       cause: error,
     });
   if (code === '57014' || /query read timeout/i.test(detail))
-    return new FStoreError('deadline_exceeded', `${purpose} (PostgreSQL) statement timed out: ${detail}`, {
+    return new FStoreError('deadline_exceeded', `${purpose} (PostgreSQL): a statement timed out`, {
       cause: error,
     });
   if (code !== undefined && (retryableCodes.has(code) || code === '55P03' || code === '25P03'))
-    return new FStoreError('aborted', `${purpose} (PostgreSQL): ${detail}; retry it`, { cause: error });
-  return new FStoreError('internal', `${purpose} (PostgreSQL) failed: ${detail}`, { cause: error });
+    return new FStoreError('aborted', `${purpose} (PostgreSQL): the change conflicted with a concurrent one; retry it`, {
+      cause: error,
+    });
+  return new FStoreError('internal', `${purpose} (PostgreSQL) failed`, { cause: error });
 }
 
 function errorCode(error: unknown): string | undefined {

@@ -5,6 +5,8 @@ import { createClientConfig, translateDatabaseError, withTimeout } from './pool.
 
 /** The channel every registry change is announced on, in the change's own transaction. */
 export const registryChannel = 'fstore_registry';
+/** The channel API key changes (creation, revocation) are announced on. */
+export const apiKeyChannel = 'fstore_api_keys';
 
 /**
  * The notification payload: `<schema>:<revision>`. The schema lets several FStore installations
@@ -16,7 +18,7 @@ export const registryNotificationPayload = (schema: string, revision: number): s
 export type RegistryChangeListener = (event: { reconnected: boolean }) => void;
 
 /**
- * Listens on a dedicated connection (never a pooled one: LISTEN belongs to a session). When the
+ * Listens on `channel` on a dedicated connection (never a pooled one: LISTEN belongs to a session). When the
  * connection fails it reconnects with exponential backoff until stopped, then reports
  * `reconnected: true`, since notifications sent meanwhile are lost.
  * Resolves once the first connection attempt is over; when that attempt fails the watch keeps
@@ -25,6 +27,7 @@ export type RegistryChangeListener = (event: { reconnected: boolean }) => void;
 export async function watchRegistryChanges(
   options: PostgresOptions,
   listener: RegistryChangeListener,
+  channel: string = registryChannel,
 ): Promise<() => Promise<void>> {
   let stopped = false;
   let client: pg.Client | undefined;
@@ -43,7 +46,7 @@ export async function watchRegistryChanges(
   };
 
   const onNotification = (message: Notification) => {
-    if (message.channel !== registryChannel) return;
+    if (message.channel !== channel) return;
     const schema = message.payload?.slice(0, message.payload.lastIndexOf(':'));
     if (schema === options.schema) notify(false);
   };
@@ -85,7 +88,7 @@ export async function watchRegistryChanges(
     client = current;
     try {
       await current.connect();
-      await current.query(`LISTEN ${registryChannel}`);
+      await current.query(`LISTEN ${channel}`);
     } catch (error) {
       connectionLost(current, error);
       return;

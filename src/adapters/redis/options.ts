@@ -1,3 +1,4 @@
+import type { ConnectionOptions } from 'node:tls';
 import { invalidArgument } from '../../domain/errors.js';
 
 /** How to reach the online store's Redis. Give exactly one of `url` and `clusterNodes`. */
@@ -32,6 +33,11 @@ export interface RedisOnlineStoreOptions {
   readonly maxReconnectDelayMs?: number;
   /** Password (Redis AUTH); overrides a password in `url`. Default none. */
   readonly password?: string;
+  /**
+   * TLS to Redis (every node of a cluster): Node's `tls.connect` options, e.g. `{ ca }`. A
+   * `rediss://` URL turns TLS on by itself. Default none.
+   */
+  readonly tls?: ConnectionOptions;
 }
 
 export const redisOnlineStoreDefaults = {
@@ -43,7 +49,7 @@ export const redisOnlineStoreDefaults = {
 
 export type ResolvedRedisOnlineStoreOptions = Readonly<
   Required<Pick<RedisOnlineStoreOptions, keyof typeof redisOnlineStoreDefaults>> &
-    Pick<RedisOnlineStoreOptions, 'password'> &
+    Pick<RedisOnlineStoreOptions, 'password' | 'tls'> &
     ({ url: string; clusterNodes?: undefined } | { url?: undefined; clusterNodes: readonly ClusterNode[] })
 >;
 
@@ -85,6 +91,7 @@ export function validateRedisOnlineStoreOptions(
     connectTimeoutMs,
     maxReconnectDelayMs,
     password: options.password,
+    tls: options.tls,
   };
 
   const hasUrl = options.url !== undefined && options.url !== '';

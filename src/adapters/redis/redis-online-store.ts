@@ -4,6 +4,7 @@ import { createRequire } from 'node:module';
 import type { ChainableCommander } from 'ioredis';
 import { Cluster, Command, Redis } from 'ioredis';
 import { FStoreError, invalidArgument } from '../../domain/errors.js';
+import { describeConnectionFailure } from '../connection-failure.js';
 import { eventTimeBytes } from '../../domain/online-codec.js';
 import type { OnlineEntry, OnlineStore, OnlineWriteResult } from '../../ports/online-store.js';
 import type { RedisOnlineStoreOptions, ResolvedRedisOnlineStoreOptions } from './options.js';
@@ -49,6 +50,7 @@ function createClient(options: ResolvedRedisOnlineStoreOptions): Client {
     autoResendUnfulfilledCommands: false,
     connectionName: 'fstore-online',
     ...(options.password === undefined ? {} : { password: options.password }),
+    ...(options.tls === undefined ? {} : { tls: options.tls }),
   };
   if (options.url !== undefined) {
     return new Redis(options.url, {
@@ -69,9 +71,13 @@ function createClient(options: ResolvedRedisOnlineStoreOptions): Client {
   );
 }
 
+/** `reason`: our own plain words (never the driver's text, which may name addresses). */
 function unavailable(reason: string, cause?: unknown): FStoreError {
   return new FStoreError('unavailable', `online store (Redis) is unavailable: ${reason}`, { cause });
 }
+
+/** A driver failure: `cause` keeps its text for the server log; callers get plain words. */
+const unavailableFrom = (cause: unknown): FStoreError => unavailable(describeConnectionFailure(cause), cause);
 
 // Reply errors that say "not now" rather than "wrong request": a retry may succeed.
 const transientReplyErrors = new Set([
@@ -95,19 +101,16 @@ function translateError(error: unknown): FStoreError {
   // means Redis could not answer.
   if (!(error instanceof Error) || error.name !== 'ReplyError') {
     // ioredis's wording for "the socket is gone and we do not queue" names an option of ours.
-    return unavailable(
-      reason.includes('enableOfflineQueue') ? 'not connected (connection lost)' : reason,
-      error,
-    );
+    return unavailableFrom(error);
   }
   const replyCode = reason.split(' ', 1)[0] as string;
-  if (transientReplyErrors.has(replyCode)) return unavailable(reason, error);
+  if (transientReplyErrors.has(replyCode)) return unavailableFrom(error);
   if (replyCode === 'OOM') {
-    return new FStoreError('resource_exhausted', `online store (Redis) is out of memory: ${reason}`, {
+    return new FStoreError('resource_exhausted', 'online store (Redis) is out of memory', {
       cause: error,
     });
   }
-  return new FStoreError('internal', `online store (Redis) failed: ${reason}`, { cause: error });
+  return new FStoreError('internal', 'online store (Redis) failed', { cause: error });
 }
 
 function validateEntries(entries: readonly OnlineEntry[]): void {
@@ -372,7 +375,12 @@ export function createRedisOnlineStore(options: RedisOnlineStoreOptions): Online
     if (closed) throw unavailable('the store is closed');
     if (isReady()) return;
     if (!connection.isFirstAttemptOver()) await connection.firstAttempt;
-    if (!isReady()) throw unavailable(connection.lastError() ?? `not connected (${client.status})`);
+    if (!isReady()) {
+      const lastError = connection.lastError();
+      throw lastError === undefined
+        ? unavailable(`not connected (${client.status})`)
+        : unavailableFrom(new Error(lastError));
+    }
   }
 
   /** Runs `operation` once Redis is ready, bounded in time, with errors translated. */
