@@ -40,7 +40,8 @@ export interface Security {
 /** Redis TLS options from the settings: on for rediss:// URLs unless off, with an optional CA file. */
 export function redisTlsOptions(config: Config): ConnectionOptions | undefined {
   const on =
-    config.redisTls === 'on' || (config.redisTls === 'auto' && config.redisUrl?.startsWith('rediss:') === true);
+    config.redisTls === 'on' ||
+    (config.redisTls === 'auto' && config.redisUrl?.startsWith('rediss:') === true);
   if (!on) return undefined;
   if (!config.redisTlsCaFile) return {};
   try {
@@ -62,7 +63,8 @@ export function rateLimitsOf(config: Config): RateLimits | undefined {
         ? 0
         : config.rateLimitRequestBurst || config.rateLimitRequestsPerSecond,
     rowsPerSecond: config.rateLimitRowsPerSecond,
-    rowBurst: config.rateLimitRowsPerSecond === 0 ? 0 : config.rateLimitRowBurst || config.rateLimitRowsPerSecond,
+    rowBurst:
+      config.rateLimitRowsPerSecond === 0 ? 0 : config.rateLimitRowBurst || config.rateLimitRowsPerSecond,
   };
 }
 
@@ -105,7 +107,10 @@ export async function createSecurity(config: Config, postgresUrl: string, logger
       ? await createServerCredentials(tlsFiles, {
           reloaded: () => logger.info({ certFile: tlsFiles.certFile }, 'TLS certificate reloaded'),
           rejected: (error) =>
-            logger.warn({ err: error }, 'TLS files changed but are not usable yet; keeping the last good ones'),
+            logger.warn(
+              { err: error },
+              'TLS files changed but are not usable yet; keeping the last good ones',
+            ),
         })
       : undefined;
     if (tls) closers.push(() => tls.close());
@@ -164,5 +169,36 @@ export async function createSecurity(config: Config, postgresUrl: string, logger
   } catch (error) {
     await close();
     throw error;
+  }
+}
+
+/**
+ * Creates an API key straight in the database, without a running server or a credential: the
+ * first admin key of an installation (`fstore keys create --bootstrap`). Whoever can reach the
+ * database can do this anyway; the key is recorded as created by `local:bootstrap`.
+ */
+export async function createKeyInDatabase(
+  config: Config,
+  request: { name: string; bindings: readonly RoleBinding[]; expiresAt: Date | undefined },
+): Promise<{ key: string; id: string }> {
+  if (!config.postgresUrl)
+    throw new FStoreError(
+      'invalid_argument',
+      'setting FSTORE_POSTGRES_URL: --bootstrap writes to the database; give its URL',
+    );
+  const store = await createPostgresApiKeyStore({
+    connectionString: config.postgresUrl,
+    schema: config.postgresSchema,
+    poolSize: 1,
+  });
+  try {
+    const admin = new AccessAdmin(store, undefined);
+    const created = await admin.createKey(
+      { id: 'local:bootstrap', method: 'none', bindings: [{ role: 'admin', project: '*' }] },
+      request,
+    );
+    return { key: created.key, id: created.info.id };
+  } finally {
+    await store.close();
   }
 }

@@ -42,9 +42,10 @@ function addCredentialOptions(command: Command): Command {
     .addOption(new Option('--token <jwt>', 'OpenID Connect JWT (or FSTORE_TOKEN)').env('FSTORE_TOKEN'))
     .addOption(new Option('--tls', 'connect with TLS (implied by the other --tls-* options)'))
     .addOption(
-      new Option('--tls-ca <file>', 'PEM CA the server certificate must chain to (or FSTORE_CLIENT_TLS_CA_FILE)').env(
-        'FSTORE_CLIENT_TLS_CA_FILE',
-      ),
+      new Option(
+        '--tls-ca <file>',
+        'PEM CA the server certificate must chain to (or FSTORE_CLIENT_TLS_CA_FILE)',
+      ).env('FSTORE_CLIENT_TLS_CA_FILE'),
     )
     .addOption(
       new Option('--tls-cert <file>', 'PEM client certificate for mTLS (or FSTORE_CLIENT_TLS_CERT_FILE)').env(

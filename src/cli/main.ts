@@ -5,15 +5,21 @@ import { type Logger, pino } from 'pino';
 import { AggregatorRegistry } from 'prom-client';
 import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
-import { resolvePostgres, startServing } from '../app/serve.js';
 import { tlsFilesOf } from '../app/security.js';
+import { resolvePostgres, startServing } from '../app/serve.js';
 import { startStreamRole } from '../app/stream.js';
-import { assertSafeListeners, type Config, type ConfigKey, configDefaults, loadConfig } from '../config/config.js';
+import {
+  assertSafeListeners,
+  type Config,
+  type ConfigKey,
+  configDefaults,
+  loadConfig,
+} from '../config/config.js';
 import { FStoreError } from '../domain/errors.js';
 import { parseTimestampMicros } from '../domain/timestamps.js';
-import { addConnectionOptionsToClients, type ConnectionFlags, connect } from './connection.js';
 import { startMetricsServer } from '../observability/http.js';
 import { applyFile } from './apply-file.js';
+import { addConnectionOptionsToClients, connect } from './connection.js';
 import { type FileFormat, fileFormats, ingestFile } from './ingest-file.js';
 import { addMonitoringCommands } from './monitoring-commands.js';
 import { addSecurityCommands } from './security-commands.js';

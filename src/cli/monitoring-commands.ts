@@ -102,7 +102,6 @@ async function run(
   }
 }
 
-
 export function addMonitoringCommands(program: Command): void {
   program
     .command('profile')

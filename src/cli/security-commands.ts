@@ -1,20 +1,28 @@
 import { timestampDate, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import type { Command } from 'commander';
 import { AdminService, type ApiKey, Role } from '../../gen/fstore/v1/admin_pb.js';
+import { createKeyInDatabase } from '../app/security.js';
+import { loadConfig } from '../config/config.js';
 import { parseRoleBinding } from '../domain/access.js';
 import type { ServiceClient } from '../grpc/client.js';
 import { addConnectionOptions, type ConnectionFlags, connect } from './connection.js';
 
 /** `fstore keys create|list|revoke`, `fstore audit`, `fstore whoami`: AdminService from the shell. */
 
-const roleNames: Record<number, string> = { [Role.READER]: 'reader', [Role.WRITER]: 'writer', [Role.ADMIN]: 'admin' };
+const roleNames: Record<number, string> = {
+  [Role.READER]: 'reader',
+  [Role.WRITER]: 'writer',
+  [Role.ADMIN]: 'admin',
+};
 const roleOf = { reader: Role.READER, writer: Role.WRITER, admin: Role.ADMIN } as const;
 
 const time = (value: { seconds: bigint; nanos: number } | undefined) =>
   value ? timestampDate(value as Parameters<typeof timestampDate>[0]).toISOString() : '-';
 
 function describeKey(key: ApiKey): string {
-  const bindings = key.bindings.map((binding) => `${roleNames[binding.role] ?? '?'}@${binding.project}`).join(',');
+  const bindings = key.bindings
+    .map((binding) => `${roleNames[binding.role] ?? '?'}@${binding.project}`)
+    .join(',');
   return [
     key.id,
     JSON.stringify(key.name),
@@ -62,22 +70,58 @@ export function addSecurityCommands(program: Command): void {
         '--grant <role@project...>',
         'role bindings, e.g. reader@fraud writer@fraud admin@* (role: reader, writer, admin; project: a name or *)',
       )
-      .option('--expires-in <duration>', 'e.g. 90d, 12h (default: never)'),
-  ).action((flags: ConnectionFlags & { name: string; grant: string[]; expiresIn?: string }) =>
-    run('keys create', flags, async (client) => {
-      const bindings = flags.grant.map((text) => {
-        const binding = parseRoleBinding(text);
-        if (!binding) throw new Error(`--grant: "${text}" is not role@project (e.g. reader@fraud, admin@*)`);
-        return { role: roleOf[binding.role], project: binding.project };
+      .option('--expires-in <duration>', 'e.g. 90d, 12h (default: never)')
+      .option(
+        '--bootstrap',
+        'write the key straight into the database (FSTORE_POSTGRES_URL, FSTORE_POSTGRES_SCHEMA), no server or credential needed: for the first admin key',
+      ),
+  ).action(
+    async (
+      flags: ConnectionFlags & { name: string; grant: string[]; expiresIn?: string; bootstrap?: boolean },
+    ) => {
+      const bindingsOf = () =>
+        flags.grant.map((text) => {
+          const binding = parseRoleBinding(text);
+          if (!binding)
+            throw new Error(`--grant: "${text}" is not role@project (e.g. reader@fraud, admin@*)`);
+          return binding;
+        });
+      const expiryOf = () =>
+        flags.expiresIn === undefined ? undefined : new Date(Date.now() + parseDuration(flags.expiresIn));
+      if (flags.bootstrap) {
+        try {
+          const created = await createKeyInDatabase(loadConfig(process.env), {
+            name: flags.name,
+            bindings: bindingsOf(),
+            expiresAt: expiryOf(),
+          });
+          process.stdout.write(`${created.key}\n`);
+          process.stderr.write(
+            `created key ${created.id} in the database; store the key now: it is not shown again\n`,
+          );
+        } catch (error) {
+          process.stderr.write(
+            `fstore keys create: ${error instanceof Error ? error.message : String(error)}\n`,
+          );
+          process.exitCode = 1;
+        }
+        return;
+      }
+      await run('keys create', flags, async (client) => {
+        const bindings = bindingsOf().map((binding) => ({
+          role: roleOf[binding.role],
+          project: binding.project,
+        }));
+        const expiry = expiryOf();
+        const expiresAt = expiry === undefined ? undefined : timestampFromDate(expiry);
+        const created = await client.createApiKey({ name: flags.name, bindings, expiresAt });
+        process.stdout.write(`${created.secret}\n`);
+        if (created.key)
+          process.stderr.write(
+            `created ${describeKey(created.key)}\nstore the key now: it is not shown again\n`,
+          );
       });
-      const expiresAt =
-        flags.expiresIn === undefined
-          ? undefined
-          : timestampFromDate(new Date(Date.now() + parseDuration(flags.expiresIn)));
-      const created = await client.createApiKey({ name: flags.name, bindings, expiresAt });
-      process.stdout.write(`${created.secret}\n`);
-      if (created.key) process.stderr.write(`created ${describeKey(created.key)}\nstore the key now: it is not shown again\n`);
-    }),
+    },
   );
   addConnectionOptions(
     keys
@@ -134,7 +178,8 @@ export function addSecurityCommands(program: Command): void {
           return timestampFromDate(date);
         };
         const limit = Number(flags.limit);
-        if (!Number.isInteger(limit) || limit < 1) throw new Error(`--limit: "${flags.limit}" is not a positive integer`);
+        if (!Number.isInteger(limit) || limit < 1)
+          throw new Error(`--limit: "${flags.limit}" is not a positive integer`);
         const response = await client.listAuditEvents({
           project: flags.project ?? '',
           principal: flags.principal ?? '',
@@ -164,12 +209,17 @@ export function addSecurityCommands(program: Command): void {
       }),
   );
 
-  addConnectionOptions(program.command('whoami').description('who the server takes you for, and your role bindings')).action(
-    (flags: ConnectionFlags) =>
-      run('whoami', flags, async (client) => {
-        const response = await client.whoAmI({});
-        const bindings = response.bindings.map((binding) => `${roleNames[binding.role] ?? '?'}@${binding.project}`);
-        process.stdout.write(`${response.principal} (${response.method})  ${bindings.join(' ') || 'no role bindings'}\n`);
-      }),
+  addConnectionOptions(
+    program.command('whoami').description('who the server takes you for, and your role bindings'),
+  ).action((flags: ConnectionFlags) =>
+    run('whoami', flags, async (client) => {
+      const response = await client.whoAmI({});
+      const bindings = response.bindings.map(
+        (binding) => `${roleNames[binding.role] ?? '?'}@${binding.project}`,
+      );
+      process.stdout.write(
+        `${response.principal} (${response.method})  ${bindings.join(' ') || 'no role bindings'}\n`,
+      );
+    }),
   );
 }
