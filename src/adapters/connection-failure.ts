@@ -33,7 +33,10 @@ const byMessage: readonly [RegExp, string][] = [
   [/ETIMEDOUT/, 'timed out connecting'],
   [/ENOTFOUND|EAI_AGAIN/, 'host name not resolved'],
   [/timeout exceeded when trying to connect/i, 'timed out connecting'],
-  [/connection terminated|server closed the connection|connection (?:error|ended)|connection lost|socket closed/i, 'connection lost'],
+  [
+    /connection terminated|server closed the connection|connection (?:error|ended)|connection lost|socket closed/i,
+    'connection lost',
+  ],
   [/not queryable|pool after calling end|connection is closed/i, 'connection closed'],
   [/command timed out|timed out/i, 'timed out'],
   [/enableOfflineQueue|not connected|stream isn't writeable/i, 'not connected (connection lost)'],

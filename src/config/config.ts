@@ -71,7 +71,9 @@ export const configDefaults = {
 
 const integer = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 const onOff = z.enum(['on', 'off']);
-const boolean = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((value) => ['true', '1', 'yes'].includes(value));
+const boolean = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((value) => ['true', '1', 'yes'].includes(value));
 const optionalText = z
   .string()
   .trim()
@@ -161,7 +163,10 @@ const settings = {
   tlsReloadIntervalMs: { env: 'FSTORE_TLS_RELOAD_INTERVAL_MS', schema: integer(100, 3_600_000) },
   redisTls: { env: 'FSTORE_REDIS_TLS', schema: z.enum(['auto', 'on', 'off']) },
   redisTlsCaFile: { env: 'FSTORE_REDIS_TLS_CA_FILE', schema: optionalText },
-  rateLimitRequestsPerSecond: { env: 'FSTORE_RATE_LIMIT_REQUESTS_PER_SECOND', schema: integer(0, 10_000_000) },
+  rateLimitRequestsPerSecond: {
+    env: 'FSTORE_RATE_LIMIT_REQUESTS_PER_SECOND',
+    schema: integer(0, 10_000_000),
+  },
   rateLimitRequestBurst: { env: 'FSTORE_RATE_LIMIT_REQUEST_BURST', schema: integer(0, 100_000_000) },
   rateLimitRowsPerSecond: { env: 'FSTORE_RATE_LIMIT_ROWS_PER_SECOND', schema: integer(0, 1_000_000_000) },
   rateLimitRowBurst: { env: 'FSTORE_RATE_LIMIT_ROW_BURST', schema: integer(0, 10_000_000_000) },
@@ -229,8 +234,16 @@ export function loadConfig(
       'setting FSTORE_TLS_CLIENT_CA_FILE: client certificates need TLS; set FSTORE_TLS_CERT_FILE and FSTORE_TLS_KEY_FILE',
     );
   if (checked.jwtJwksUrl && !checked.jwtIssuer)
-    throw new FStoreError('invalid_argument', 'setting FSTORE_JWT_JWKS_URL: needs FSTORE_JWT_ISSUER and FSTORE_JWT_AUDIENCE');
-  if (checked.auth === 'on' && checked.authApiKeys === 'off' && !checked.jwtIssuer && !checked.tlsClientCaFile)
+    throw new FStoreError(
+      'invalid_argument',
+      'setting FSTORE_JWT_JWKS_URL: needs FSTORE_JWT_ISSUER and FSTORE_JWT_AUDIENCE',
+    );
+  if (
+    checked.auth === 'on' &&
+    checked.authApiKeys === 'off' &&
+    !checked.jwtIssuer &&
+    !checked.tlsClientCaFile
+  )
     throw new FStoreError(
       'invalid_argument',
       'setting FSTORE_AUTH=on with FSTORE_AUTH_API_KEYS=off: no way to authenticate is left; set FSTORE_JWT_ISSUER or FSTORE_TLS_CLIENT_CA_FILE',

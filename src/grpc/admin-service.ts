@@ -30,8 +30,10 @@ export function roleBindingToProto(binding: RoleBinding): MessageInitShape<typeo
 
 function roleBindingFromProto(binding: { role: ProtoRole; project: string }, index: number): RoleBinding {
   const role = (Object.keys(rolesToProto) as Role[]).find((name) => rolesToProto[name] === binding.role);
-  if (!role) throw invalidArgument(`bindings[${index}].role`, 'must be ROLE_READER, ROLE_WRITER or ROLE_ADMIN');
-  if (binding.project === '') throw invalidArgument(`bindings[${index}].project`, 'a project name or "*" is required');
+  if (!role)
+    throw invalidArgument(`bindings[${index}].role`, 'must be ROLE_READER, ROLE_WRITER or ROLE_ADMIN');
+  if (binding.project === '')
+    throw invalidArgument(`bindings[${index}].project`, 'a project name or "*" is required');
   return { role, project: binding.project };
 }
 

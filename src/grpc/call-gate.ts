@@ -1,9 +1,4 @@
-import {
-  anonymousPrincipal,
-  assertAllowed,
-  isAllowedAnywhere,
-  type Principal,
-} from '../domain/access.js';
+import { anonymousPrincipal, assertAllowed, isAllowedAnywhere, type Principal } from '../domain/access.js';
 import { FStoreError } from '../domain/errors.js';
 import type { AuditLog } from '../ports/audit-log.js';
 import type { RateLimiter } from '../ports/rate-limiter.js';

@@ -61,7 +61,8 @@ const registryWrite = (object: (request: Fields) => string): RpcPermission => ({
   project: projectField,
   audit: { object },
 });
-const applied = (field: string) => (request: Fields) => String((request[field] as Fields | undefined)?.name ?? '');
+const applied = (field: string) => (request: Fields) =>
+  String((request[field] as Fields | undefined)?.name ?? '');
 
 export const rpcPermissions: Readonly<Record<string, RpcPermission>> = {
   'fstore.v1.FeatureService/GetOnlineFeatures': {

@@ -228,7 +228,10 @@ export function createServiceImplementation<S extends DescService>(
       if (hiddenDetailCodes.has(reason.code)) {
         logger.error({ method: method.name, requestId, code: reason.code, err: reason }, 'call failed');
         return toServiceError(
-          new FStoreError(reason.code, `internal error; the server log has the detail (request id ${requestId})`),
+          new FStoreError(
+            reason.code,
+            `internal error; the server log has the detail (request id ${requestId})`,
+          ),
         );
       }
       // A store failure's driver detail is in the cause: logged here, never sent.

@@ -86,10 +86,14 @@ export async function createApiKeyVerifier(
 
   await reload();
   const stopWatching = await store.watch(() => {
-    reload().catch((error: unknown) => options.logger?.warn({ err: error }, 'API keys could not be reloaded'));
+    reload().catch((error: unknown) =>
+      options.logger?.warn({ err: error }, 'API keys could not be reloaded'),
+    );
   });
   const refreshTimer = setInterval(() => {
-    reload().catch((error: unknown) => options.logger?.warn({ err: error }, 'API keys could not be reloaded'));
+    reload().catch((error: unknown) =>
+      options.logger?.warn({ err: error }, 'API keys could not be reloaded'),
+    );
   }, options.refreshIntervalMs);
   refreshTimer.unref();
   const flushUse = async () => {

@@ -34,7 +34,10 @@ export interface AuthenticatorOptions {
 }
 
 export interface Authenticator {
-  authenticate(metadata: MetadataReader, peerCertificate: PeerCertificate | undefined): Principal | Promise<Principal>;
+  authenticate(
+    metadata: MetadataReader,
+    peerCertificate: PeerCertificate | undefined,
+  ): Principal | Promise<Principal>;
 }
 
 /** Longest credential looked at; anything longer is malformed (keys are 61 characters, JWTs a few KiB). */
@@ -66,7 +69,10 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticato
       if (!apiKeys) throw unauthenticated('API keys are not accepted by this server');
       return apiKeys.verify(credential);
     }
-    if (!jwt) throw unauthenticated('bearer credential: not an API key (fsk_…), and JWTs are not accepted by this server');
+    if (!jwt)
+      throw unauthenticated(
+        'bearer credential: not an API key (fsk_…), and JWTs are not accepted by this server',
+      );
     return jwt.verify(credential);
   };
 
@@ -88,7 +94,8 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticato
       }
       if (peerCertificate && certificates) {
         const names = certificates.names(peerCertificate);
-        if (names.length === 0) throw unauthenticated('client certificate: it has no subject CN or SAN to bind');
+        if (names.length === 0)
+          throw unauthenticated('client certificate: it has no subject CN or SAN to bind');
         return {
           id: names[0] as string,
           method: 'certificate',

@@ -79,7 +79,9 @@ export class AccessAdmin {
       (key) =>
         this.administers(principal, key.bindings) &&
         (request.project === '' ||
-          key.bindings.some((binding) => binding.project === request.project || binding.project === allProjects)),
+          key.bindings.some(
+            (binding) => binding.project === request.project || binding.project === allProjects,
+          )),
     );
   }
 
@@ -101,7 +103,10 @@ export class AccessAdmin {
     return revoked;
   }
 
-  async listAudit(principal: Principal, filter: Omit<AuditFilter, 'projects'> & { project: string }): Promise<AuditEvent[]> {
+  async listAudit(
+    principal: Principal,
+    filter: Omit<AuditFilter, 'projects'> & { project: string },
+  ): Promise<AuditEvent[]> {
     if (!this.audit) throw new FStoreError('unimplemented', 'this server keeps no audit log');
     if (filter.project !== '') validateName('project', filter.project);
     assertAllowed(principal, 'audit.read', filter.project === '' ? allProjects : filter.project);

@@ -216,18 +216,27 @@ export function translateDatabaseError(error: unknown, purpose = defaultPurpose)
   if (isConnectionError(error) || code?.startsWith('28') || code === '3D000')
     // 28xxx (authentication) and 3D000 (no such database) are configuration problems, but to a
     // caller they mean the same: the registry cannot be reached until someone fixes it.
-    return new FStoreError('unavailable', `${purpose} (PostgreSQL) is unavailable: ${describeConnectionFailure(error)}`, {
-      cause: error,
-    });
+    return new FStoreError(
+      'unavailable',
+      `${purpose} (PostgreSQL) is unavailable: ${describeConnectionFailure(error)}`,
+      {
+        cause: error,
+      },
+    );
   if (code === '57014' || /query read timeout/i.test(detail))
     return new FStoreError('deadline_exceeded', `${purpose} (PostgreSQL): a statement timed out`, {
       cause: error,
     });
   if (code !== undefined && (retryableCodes.has(code) || code === '55P03' || code === '25P03'))
-    return new FStoreError('aborted', `${purpose} (PostgreSQL): the change conflicted with a concurrent one; retry it`, {
-      cause: error,
-    });
-  return new FStoreError('internal', `${purpose} (PostgreSQL) failed`, { cause: error });
+    return new FStoreError(
+      'aborted',
+      `${purpose} (PostgreSQL): the change conflicted with a concurrent one; retry it`,
+      {
+        cause: error,
+      },
+    );
+  // The gRPC edge never sends an internal error's message to the caller; the log keeps it.
+  return new FStoreError('internal', `${purpose} (PostgreSQL) failed: ${detail}`, { cause: error });
 }
 
 function errorCode(error: unknown): string | undefined {

@@ -4,9 +4,9 @@ import { createRequire } from 'node:module';
 import type { ChainableCommander } from 'ioredis';
 import { Cluster, Command, Redis } from 'ioredis';
 import { FStoreError, invalidArgument } from '../../domain/errors.js';
-import { describeConnectionFailure } from '../connection-failure.js';
 import { eventTimeBytes } from '../../domain/online-codec.js';
 import type { OnlineEntry, OnlineStore, OnlineWriteResult } from '../../ports/online-store.js';
+import { describeConnectionFailure } from '../connection-failure.js';
 import type { RedisOnlineStoreOptions, ResolvedRedisOnlineStoreOptions } from './options.js';
 import { validateRedisOnlineStoreOptions } from './options.js';
 
@@ -110,7 +110,8 @@ function translateError(error: unknown): FStoreError {
       cause: error,
     });
   }
-  return new FStoreError('internal', 'online store (Redis) failed', { cause: error });
+  // The gRPC edge never sends an internal error's message to the caller; the log keeps it.
+  return new FStoreError('internal', `online store (Redis) failed: ${reason}`, { cause: error });
 }
 
 function validateEntries(entries: readonly OnlineEntry[]): void {
