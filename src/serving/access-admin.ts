@@ -2,7 +2,6 @@ import {
   allProjects,
   assertAllowed,
   distinctBindings,
-  formatRoleBinding,
   isAllowed,
   type Principal,
   type RoleBinding,
@@ -87,7 +86,6 @@ export class AccessAdmin {
 
   async revokeKey(principal: Principal, id: string): Promise<ApiKeyInfo> {
     if (id.startsWith('fsk_')) throw invalidArgument('id', 'give the key id, not the key itself');
-    // An id the caller may not administer is reported like one that does not exist.
     const key = await this.keys.get(id).catch((error: unknown) => {
       throw error instanceof FStoreError && error.code === 'not_found'
         ? new FStoreError('not_found', `API key ${JSON.stringify(id)} does not exist`)
@@ -96,7 +94,8 @@ export class AccessAdmin {
     if (!this.administers(principal, key.bindings))
       throw new FStoreError(
         'permission_denied',
-        `${principal.id} lacks permission keys.manage on every project of key ${id} (${key.bindings.map(formatRoleBinding).join(', ')})`,
+        // Not the key's bindings: they would name projects the caller may not see.
+        `${principal.id} lacks permission keys.manage on every project of key ${id}`,
       );
     const revoked = await this.keys.revoke(id);
     await this.afterKeyChange();

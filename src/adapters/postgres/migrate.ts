@@ -1,7 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { FStoreError } from '../../domain/errors.js';
+import type { PostgresOptions } from './options.js';
 import type { PostgresPool } from './pool.js';
-import { quoteIdentifier } from './pool.js';
+import { createPostgresPool, quoteIdentifier } from './pool.js';
 
 /**
  * Schema migrations, applied in order at start-up. Each is a SQL file in `migrations/`, loaded by
@@ -68,4 +69,16 @@ async function readMigration(name: string): Promise<string> {
       cause: error,
     });
   }
+}
+
+/** A pool on a schema brought up to the latest migration; the pool is closed again when that fails. */
+export async function createMigratedPool(options: PostgresOptions, purpose?: string): Promise<PostgresPool> {
+  const pool = createPostgresPool(options, purpose);
+  try {
+    await runMigrations(pool, options.schema);
+  } catch (error) {
+    await pool.end();
+    throw error;
+  }
+  return pool;
 }

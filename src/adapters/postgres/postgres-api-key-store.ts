@@ -1,9 +1,8 @@
 import { type RoleBinding, roles } from '../../domain/access.js';
 import { FStoreError, notFound } from '../../domain/errors.js';
 import type { ApiKeyCredential, ApiKeyInfo, ApiKeyStore, NewApiKey } from '../../ports/api-key-store.js';
-import { runMigrations } from './migrate.js';
+import { createMigratedPool } from './migrate.js';
 import { type PostgresOptionsInput, resolvePostgresOptions } from './options.js';
-import { createPostgresPool } from './pool.js';
 import { apiKeyChannel, registryNotificationPayload, watchRegistryChanges } from './registry-watch.js';
 
 /** API keys in PostgreSQL (migration 004): hashes only, revocation announced on a change feed. */
@@ -42,13 +41,7 @@ function toInfo(row: KeyRow): ApiKeyInfo {
 
 export async function createPostgresApiKeyStore(input: PostgresOptionsInput): Promise<ApiKeyStore> {
   const options = resolvePostgresOptions(input);
-  const pool = createPostgresPool(options, purpose);
-  try {
-    await runMigrations(pool, options.schema);
-  } catch (error) {
-    await pool.end();
-    throw error;
-  }
+  const pool = await createMigratedPool(options, purpose);
   let changes = 0;
   const announce = () =>
     pool.query('SELECT pg_notify($1, $2)', [

@@ -8,9 +8,8 @@ import {
   auditEventsDroppedRpc,
   maxAuditListLimit,
 } from '../../ports/audit-log.js';
-import { runMigrations } from './migrate.js';
+import { createMigratedPool } from './migrate.js';
 import { type PostgresLogger, type PostgresOptionsInput, resolvePostgresOptions } from './options.js';
-import { createPostgresPool } from './pool.js';
 
 /**
  * The audit log in PostgreSQL (migration 005, table `audit_events`, append-only by trigger).
@@ -203,13 +202,7 @@ export async function createPostgresAuditLog(input: PostgresAuditLogOptionsInput
   // The audit options ride along unread: resolvePostgresOptions keeps only its own.
   const options = resolvePostgresOptions({ ...input, poolSize: input.poolSize ?? defaultPoolSize });
   const logger = input.logger;
-  const pool = createPostgresPool(options, purpose);
-  try {
-    await runMigrations(pool, options.schema);
-  } catch (error) {
-    await pool.end();
-    throw error;
-  }
+  const pool = await createMigratedPool(options, purpose);
 
   const queue: QueuedEvent[] = [];
   /** Events written so far; queue[0] is event number `written + 1`. */

@@ -8,9 +8,8 @@ import type {
   ReferenceProfileInfo,
   StoredReferenceProfile,
 } from '../../ports/profile-store.js';
-import { runMigrations } from './migrate.js';
+import { createMigratedPool } from './migrate.js';
 import { type PostgresOptionsInput, resolvePostgresOptions } from './options.js';
-import { createPostgresPool } from './pool.js';
 
 /** Reference profiles in PostgreSQL (migration 003): one row per (project, name, version). */
 
@@ -64,13 +63,7 @@ function decodeProfiles(bytes: Buffer, where: string): Map<string, Uint8Array> {
 
 export async function createPostgresProfileStore(input: PostgresOptionsInput): Promise<ProfileStore> {
   const options = resolvePostgresOptions(input);
-  const pool = createPostgresPool(options, purpose);
-  try {
-    await runMigrations(pool, options.schema);
-  } catch (error) {
-    await pool.end();
-    throw error;
-  }
+  const pool = await createMigratedPool(options, purpose);
 
   return {
     async saveReferenceProfile(profile: NewReferenceProfile): Promise<StoredReferenceProfile> {

@@ -32,9 +32,8 @@ import {
   validateStreamAggregationDefinition,
 } from '../../domain/stream-aggregation.js';
 import type { Registry, RegistrySnapshotData } from '../../ports/registry.js';
-import { runMigrations } from './migrate.js';
+import { createMigratedPool } from './migrate.js';
 import { type PostgresOptionsInput, resolvePostgresOptions } from './options.js';
-import { createPostgresPool } from './pool.js';
 import { registryChannel, registryNotificationPayload, watchRegistryChanges } from './registry-watch.js';
 
 /**
@@ -48,13 +47,7 @@ import { registryChannel, registryNotificationPayload, watchRegistryChanges } fr
  */
 export async function createPostgresRegistry(input: PostgresOptionsInput): Promise<Registry> {
   const options = resolvePostgresOptions(input);
-  const pool = createPostgresPool(options);
-  try {
-    await runMigrations(pool, options.schema);
-  } catch (error) {
-    await pool.end();
-    throw error;
-  }
+  const pool = await createMigratedPool(options);
   const stopWatches = new Set<() => Promise<void>>();
   let closed = false;
 

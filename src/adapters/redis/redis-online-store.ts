@@ -2,12 +2,13 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { ChainableCommander } from 'ioredis';
-import { Cluster, Command, Redis } from 'ioredis';
+import { Cluster, Command, type Redis } from 'ioredis';
 import { FStoreError, invalidArgument } from '../../domain/errors.js';
 import { eventTimeBytes } from '../../domain/online-codec.js';
 import type { OnlineEntry, OnlineStore, OnlineWriteResult } from '../../ports/online-store.js';
 import { describeConnectionFailure } from '../connection-failure.js';
-import type { RedisOnlineStoreOptions, ResolvedRedisOnlineStoreOptions } from './options.js';
+import { createRedisClient, type RedisClient } from './client.js';
+import type { RedisOnlineStoreOptions } from './options.js';
 import { validateRedisOnlineStoreOptions } from './options.js';
 
 /**
@@ -34,42 +35,6 @@ const calculateSlot = createRequire(import.meta.url)('cluster-key-slot') as (key
  * cost Redis no less per row (measured).
  */
 const rowsPerScriptCall = 128;
-
-type Client = Redis | Cluster;
-
-function reconnectDelay(attempt: number, maxDelayMs: number): number {
-  return Math.min(50 * 2 ** Math.min(attempt - 1, 10), maxDelayMs);
-}
-
-function createClient(options: ResolvedRedisOnlineStoreOptions): Client {
-  const connectionOptions = {
-    connectTimeout: options.connectTimeoutMs,
-    commandTimeout: options.commandTimeoutMs,
-    // Fail fast: a command is never retried or resent after a reconnect; the caller decides.
-    maxRetriesPerRequest: 0,
-    autoResendUnfulfilledCommands: false,
-    connectionName: 'fstore-online',
-    ...(options.password === undefined ? {} : { password: options.password }),
-    ...(options.tls === undefined ? {} : { tls: options.tls }),
-  };
-  if (options.url !== undefined) {
-    return new Redis(options.url, {
-      ...connectionOptions,
-      // Without a connection, reject at once instead of queueing without bound.
-      enableOfflineQueue: false,
-      retryStrategy: (attempt) => reconnectDelay(attempt, options.maxReconnectDelayMs),
-    });
-  }
-  return new Cluster(
-    options.clusterNodes.map((node) => ({ host: node.host, port: node.port })),
-    {
-      enableOfflineQueue: false,
-      clusterRetryStrategy: (attempt) => reconnectDelay(attempt, options.maxReconnectDelayMs),
-      slotsRefreshTimeout: options.connectTimeoutMs,
-      redisOptions: connectionOptions,
-    },
-  );
-}
 
 /** `reason`: our own plain words (never the driver's text, which may name addresses). */
 function unavailable(reason: string, cause?: unknown): FStoreError {
@@ -333,7 +298,7 @@ interface ConnectionWatch {
   lastError(): string | undefined;
 }
 
-function watchConnection(client: Client, connectTimeoutMs: number): ConnectionWatch {
+function watchConnection(client: RedisClient, connectTimeoutMs: number): ConnectionWatch {
   let over = false;
   let lastError: string | undefined;
   let endFirstAttempt: () => void = () => {};
@@ -366,7 +331,7 @@ export function createRedisOnlineStore(options: RedisOnlineStoreOptions): Online
   const lua = readFileSync(new URL('./lua/write-rows.lua', import.meta.url), 'utf8');
   const sha = createHash('sha1').update(lua).digest('hex');
   const { keyPrefix, commandTimeoutMs } = resolved;
-  const client = createClient(resolved);
+  const client = createRedisClient(resolved, 'fstore-online');
   const connection = watchConnection(client, resolved.connectTimeoutMs);
   let closed = false;
   // A function, not an inline check: the status changes across an await, which TS cannot see.

@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { ConnectionOptions } from 'node:tls';
-import { Cluster, Redis } from 'ioredis';
 import { FStoreError, invalidArgument } from '../../domain/errors.js';
 import type { RateLimiter, RateLimits } from '../../ports/rate-limiter.js';
 import {
@@ -11,7 +10,8 @@ import {
   overRateLimit,
   validateRateLimits,
 } from '../memory/memory-rate-limiter.js';
-import type { RedisOnlineStoreOptions, ResolvedRedisOnlineStoreOptions } from './options.js';
+import { createRedisClient } from './client.js';
+import type { RedisOnlineStoreOptions } from './options.js';
 import { validateRedisOnlineStoreOptions } from './options.js';
 
 /**
@@ -85,41 +85,6 @@ export const redisRateLimiterDefaults = {
   redisRetryIntervalMs: 1_000, // one second
   maxPrincipals: 10_000,
 } satisfies Partial<RedisRateLimiterOptions>;
-
-type Client = Redis | Cluster;
-
-function reconnectDelay(attempt: number, maxDelayMs: number): number {
-  return Math.min(50 * 2 ** Math.min(attempt - 1, 10), maxDelayMs);
-}
-
-/** As the online store's client (fail fast, no offline queue), on a connection of its own. */
-function createClient(options: ResolvedRedisOnlineStoreOptions, tls: ConnectionOptions | undefined): Client {
-  const connectionOptions = {
-    connectTimeout: options.connectTimeoutMs,
-    commandTimeout: options.commandTimeoutMs,
-    maxRetriesPerRequest: 0,
-    autoResendUnfulfilledCommands: false,
-    connectionName: 'fstore-rate-limiter',
-    ...(options.password === undefined ? {} : { password: options.password }),
-    ...(tls === undefined ? {} : { tls }),
-  };
-  if (options.url !== undefined) {
-    return new Redis(options.url, {
-      ...connectionOptions,
-      enableOfflineQueue: false,
-      retryStrategy: (attempt) => reconnectDelay(attempt, options.maxReconnectDelayMs),
-    });
-  }
-  return new Cluster(
-    options.clusterNodes.map((node) => ({ host: node.host, port: node.port })),
-    {
-      enableOfflineQueue: false,
-      clusterRetryStrategy: (attempt) => reconnectDelay(attempt, options.maxReconnectDelayMs),
-      slotsRefreshTimeout: options.connectTimeoutMs,
-      redisOptions: connectionOptions,
-    },
-  );
-}
 
 function unavailable(reason: string): FStoreError {
   return new FStoreError('unavailable', `rate limiter (Redis) is unavailable: ${reason}`);
@@ -228,7 +193,8 @@ export function createRedisRateLimiter(options: RedisRateLimiterOptions): RateLi
   const anyLimited = kinds[0].limited || kinds[1].limited;
 
   const fallback = createMemoryRateLimiter({ limits, maxPrincipals });
-  const client = createClient(redis, options.tls);
+  // The same connection rules as the online store's, on a connection of its own.
+  const client = createRedisClient({ ...redis, tls: options.tls }, 'fstore-rate-limiter');
   const states = new Map<string, PrincipalState>();
   let closed = false;
   let outage = false;
