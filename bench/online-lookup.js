@@ -28,6 +28,8 @@
 //                 phase=warmup and left out of every reported figure.
 //   PROTO_DIR     load fstore/v1/feature_service.proto from this directory instead of using server
 //                 reflection (for bench/grpc-floor.ts, which serves none); a path relative to this script
+//   AUTHORIZATION `authorization` metadata sent with every GetOnlineFeatures call, e.g.
+//                 "Bearer fsk_…" or "Bearer <JWT>" (bench/run-security.sh); unset = none. Never printed.
 
 import { check } from 'k6';
 import exec from 'k6/execution';
@@ -60,6 +62,9 @@ const SUMMARY_FILE = env('SUMMARY_FILE', 'bench/results/k6-summary.json');
 const CELL = env('CELL', `b${BATCH}xf${FEATURES}`);
 const PROTO_DIR = env('PROTO_DIR', '');
 const WARMUP_CALLS = Math.max(0, int('WARMUP_CALLS', 3));
+const AUTHORIZATION = env('AUTHORIZATION', '');
+// Spread into every call's params; empty without AUTHORIZATION, so such calls carry no metadata.
+const AUTH_PARAMS = AUTHORIZATION ? { metadata: { authorization: AUTHORIZATION } } : {};
 const MEASURED = 'grpc_req_duration{phase:measure}';
 const METHOD = 'fstore.v1.FeatureService/GetOnlineFeatures';
 
@@ -142,7 +147,7 @@ export default function () {
           features: featureRefs,
           entities: { [JOIN_KEY]: { stringValues: { values: randomIds() } } },
         },
-        { timeout: TIMEOUT, discardResponseMessage: true, tags: { phase: 'warmup' } },
+        { timeout: TIMEOUT, discardResponseMessage: true, tags: { phase: 'warmup' }, ...AUTH_PARAMS },
       );
     }
   }
@@ -157,6 +162,7 @@ export default function () {
     timeout: TIMEOUT,
     discardResponseMessage: !sample,
     tags: { phase: 'measure' },
+    ...AUTH_PARAMS,
   });
   const ok = response.status === grpc.StatusOK;
   lookupErrors.add(!ok);

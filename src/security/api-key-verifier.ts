@@ -48,6 +48,10 @@ export async function createApiKeyVerifier(
 ): Promise<ApiKeyVerifier> {
   const options = { ...apiKeyVerifierDefaults, ...input };
   let keys = new Map<string, KnownKey>();
+  // Whole keys whose secret matched, so a busy key is hashed once, not per call. Emptied by every
+  // reload (a revocation among them), bounded so random keys cannot grow it.
+  let verified = new Map<string, KnownKey>();
+  const maxVerified = 10_000;
   let lastLoad = 0;
   let loading: Promise<void> | undefined;
   let again = false;
@@ -63,6 +67,7 @@ export async function createApiKeyVerifier(
         expiresAtMs: credential.info.expiresAt?.getTime() ?? Number.POSITIVE_INFINITY,
       });
     keys = next;
+    verified = new Map();
     lastLoad = Date.now();
   };
   // One load at a time; a change announced during a load is picked up by one more load after it.
@@ -108,9 +113,14 @@ export async function createApiKeyVerifier(
   const flushTimer = setInterval(() => void flushUse(), options.lastUsedFlushMs);
   flushTimer.unref();
 
-  const check = (known: KnownKey, secret: string): Principal => {
+  const check = (known: KnownKey, secret: string, key: string): Principal => {
     if (!secretMatches(secret, known.credential.secretHash)) throw refused('unknown key or wrong secret');
     if (known.credential.info.revokedAt) throw refused('revoked');
+    if (verified.size >= maxVerified) verified.clear();
+    verified.set(key, known);
+    return admitted(known);
+  };
+  const admitted = (known: KnownKey): Principal => {
     if (Date.now() >= known.expiresAtMs) throw refused('expired');
     used.add(known.credential.info.id);
     return known.principal;
@@ -118,16 +128,18 @@ export async function createApiKeyVerifier(
 
   return {
     verify(key: string) {
+      const seen = verified.get(key);
+      if (seen) return admitted(seen);
       const parsed = parseApiKey(key);
       if (!parsed) throw refused('malformed (expected fsk_<id>_<secret>)');
       const known = keys.get(parsed.id);
-      if (known) return check(known, parsed.secret);
+      if (known) return check(known, parsed.secret, key);
       if (Date.now() - lastLoad < options.missReloadIntervalMs) throw refused('unknown key or wrong secret');
       return reload().then(
         () => {
           const loaded = keys.get(parsed.id);
           if (!loaded) throw refused('unknown key or wrong secret');
-          return check(loaded, parsed.secret);
+          return check(loaded, parsed.secret, key);
         },
         (error: unknown) => {
           throw FStoreError.from(error, 'unavailable');
