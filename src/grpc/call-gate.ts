@@ -38,6 +38,7 @@ export function createCallGate(options: CallGateOptions): CallGate {
     let first: Fields | undefined;
     let project = '';
     let rows = 0;
+    let responseObject: string | undefined;
     let refused: unknown;
     return {
       principal,
@@ -69,6 +70,7 @@ export function createCallGate(options: CallGateOptions): CallGate {
       },
       responded(response: unknown) {
         if (entry.audit?.rows) rows += entry.audit.rows(response as Fields);
+        if (entry.audit?.responseObject) responseObject = entry.audit.responseObject(response as Fields);
       },
       finish(error: unknown) {
         if (!entry.audit || !auditLog || first === undefined) return;
@@ -76,7 +78,7 @@ export function createCallGate(options: CallGateOptions): CallGate {
           principal: principal.id,
           rpc: method,
           project,
-          object: entry.audit.object(first),
+          object: responseObject || entry.audit.object(first),
           outcome: statusNameOf(refused ?? error),
           rows: error === undefined ? rows : 0,
           requestId,

@@ -20,6 +20,8 @@ export interface RpcAudit {
   readonly object: (request: Fields) => string;
   /** Rows written, from a response (summed over a response stream). */
   readonly rows?: (response: Fields) => number;
+  /** The object as the response names it (a created key's id), when it has one. */
+  readonly responseObject?: (response: Fields) => string;
 }
 
 export interface RpcPermission {
@@ -157,7 +159,11 @@ export const rpcPermissions: Readonly<Record<string, RpcPermission>> = {
   'fstore.v1.AdminService/CreateApiKey': {
     permission: 'keys.manage',
     project: () => undefined,
-    audit: { object: nameField },
+    // The new key's id (never its secret), so its creation and later use line up in the log.
+    audit: {
+      object: nameField,
+      responseObject: (response) => String((response.key as Fields | undefined)?.id ?? ''),
+    },
   },
   'fstore.v1.AdminService/ListApiKeys': { permission: 'keys.manage', project: () => undefined },
   'fstore.v1.AdminService/RevokeApiKey': {

@@ -526,7 +526,7 @@ describe('API keys across two serving processes, and the audit log', () => {
         ['ingest', `${feature}/IngestFeatures`, auditProject, 'scores', 3],
         ['materialize', `${feature}/Materialize`, auditProject, 'scores', 3],
         ['profile', 'fstore.v1.MonitoringService/SaveReferenceProfile', auditProject, 'baseline', 0],
-        ['create-key', `${adminRpc}/CreateApiKey`, '', 'audit reader', 0],
+        ['create-key', `${adminRpc}/CreateApiKey`, '', readerId, 0],
         ['revoke-key', `${adminRpc}/RevokeApiKey`, '', readerId, 0],
         ['delete-set', `${registryRpc}/DeleteFeatureSet`, auditProject, 'picks', 0],
       ];
