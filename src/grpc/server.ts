@@ -23,7 +23,12 @@ import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import { anonymousPrincipal, type Principal } from '../domain/access.js';
 import { FStoreError } from '../domain/errors.js';
-import { createGrpcServiceDefinition, EncodedMessage, type ServiceMethods } from './service-definition.js';
+import {
+  createGrpcServiceDefinition,
+  EncodedMessage,
+  MalformedRequest,
+  type ServiceMethods,
+} from './service-definition.js';
 import { toServiceError } from './status.js';
 
 export interface CallContext {
@@ -179,18 +184,28 @@ function deadlineSignal(
  * its normal end, so the end is checked: a handler never takes the input of a cancelled call
  * for complete (an ingest would commit what arrived before the cancel).
  */
+const malformed = (request: MalformedRequest, typeName: string, index?: number) =>
+  new FStoreError(
+    'invalid_argument',
+    `${index === undefined ? 'the request' : `message ${index} of the request stream`} is not a valid ${typeName}: ${request.problem}`,
+  );
+
 async function* requestsOf(
   call: ServerReadableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>,
   signal: AbortSignal,
   gate: Promise<GateCall>,
+  typeName: string,
 ): AsyncGenerator<unknown> {
   const admission = await gate;
   // Not `for await (… of call)`: its iterator destroys the stream at the end of the input, and a
   // destroyed duplex can no longer send the responses and status of a bidirectional call.
+  let index = 0;
   for await (const request of call.iterator({ destroyOnReturn: false })) {
+    if (request instanceof MalformedRequest) throw malformed(request, typeName, index);
     // Authorized on the first message (it names the project), charged on every one, before the
     // handler — and so any store — sees it.
     await admission.admit(request);
+    index += 1;
     yield request;
   }
   if (call.cancelled || signal.aborted)
@@ -259,8 +274,15 @@ export function createServiceImplementation<S extends DescService>(
           let input: unknown;
           if (method.methodKind === 'server_streaming') {
             input = (call as ServerWritableStream<unknown, unknown>).request;
+            if (input instanceof MalformedRequest) throw malformed(input, method.input.typeName);
             await admission.admit(input);
-          } else input = requestsOf(call as ServerDuplexStream<unknown, unknown>, signal, gateCall);
+          } else
+            input = requestsOf(
+              call as ServerDuplexStream<unknown, unknown>,
+              signal,
+              gateCall,
+              method.input.typeName,
+            );
           const responses = (
             handler as unknown as (request: unknown, context: CallContext) => AsyncIterable<object>
           )(input, { signal, metadata: call.metadata, principal: admission.principal, requestId });
@@ -316,8 +338,15 @@ export function createServiceImplementation<S extends DescService>(
         let input: unknown;
         if (method.methodKind === 'unary') {
           input = (call as ServerUnaryCall<unknown, unknown>).request;
+          if (input instanceof MalformedRequest) throw malformed(input, method.input.typeName);
           await admission.admit(input);
-        } else input = requestsOf(call as ServerReadableStream<unknown, unknown>, signal, gateCall);
+        } else
+          input = requestsOf(
+            call as ServerReadableStream<unknown, unknown>,
+            signal,
+            gateCall,
+            method.input.typeName,
+          );
         return handler(input, { signal, metadata: call.metadata, principal: admission.principal, requestId });
       };
       (scope ? scope.run(run) : run()).then(
@@ -408,7 +437,7 @@ export async function startGrpcServer(
       >[0],
     ).addToServer(server);
   for (const { service, implementation } of services)
-    server.addService(createGrpcServiceDefinition(service), implementation);
+    server.addService(createGrpcServiceDefinition(service, 'server'), implementation);
 
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(

@@ -17,6 +17,15 @@ export class EncodedMessage {
   constructor(readonly bytes: Uint8Array) {}
 }
 
+/**
+ * A request whose bytes do not decode as its message. The server's deserializer returns it
+ * instead of throwing (grpc-js would answer a throw with INTERNAL); the call then fails with
+ * INVALID_ARGUMENT saying so.
+ */
+export class MalformedRequest {
+  constructor(readonly problem: string) {}
+}
+
 const bufferOf = (bytes: Uint8Array): Buffer => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 
 export function grpcMethodPath(method: DescMethod): string {
@@ -25,14 +34,25 @@ export function grpcMethodPath(method: DescMethod): string {
 
 function createMethodDefinition<I extends DescMessage, O extends DescMessage>(
   method: DescMethod & { input: I; output: O },
+  side: 'client' | 'server',
 ): MethodDefinition<MessageShape<I>, MessageShape<O>> {
+  const decodeRequest = (bytes: Buffer): MessageShape<I> => fromBinary(method.input, bytes);
   return {
     path: grpcMethodPath(method),
     originalName: method.localName,
     requestStream: method.methodKind === 'client_streaming' || method.methodKind === 'bidi_streaming',
     responseStream: method.methodKind === 'server_streaming' || method.methodKind === 'bidi_streaming',
     requestSerialize: (message) => bufferOf(toBinary(method.input, message)),
-    requestDeserialize: (bytes) => fromBinary(method.input, bytes),
+    requestDeserialize:
+      side === 'client'
+        ? decodeRequest
+        : (bytes) => {
+            try {
+              return decodeRequest(bytes);
+            } catch (error) {
+              return new MalformedRequest(error instanceof Error ? error.message : String(error)) as never;
+            }
+          },
     responseSerialize: (message) =>
       message instanceof EncodedMessage
         ? bufferOf(message.bytes)
@@ -41,11 +61,17 @@ function createMethodDefinition<I extends DescMessage, O extends DescMessage>(
   };
 }
 
-/** The grpc-js definition of a service, keyed by the methods' local (camelCase) names. */
-export function createGrpcServiceDefinition(service: DescService): ServiceDefinition {
+/**
+ * The grpc-js definition of a service, keyed by the methods' local (camelCase) names. On the
+ * server side a request that does not decode becomes a MalformedRequest instead of an exception.
+ */
+export function createGrpcServiceDefinition(
+  service: DescService,
+  side: 'client' | 'server' = 'client',
+): ServiceDefinition {
   const definition: Record<string, MethodDefinition<object, object>> = {};
   for (const method of service.methods) {
-    definition[method.localName] = createMethodDefinition(method) as MethodDefinition<object, object>;
+    definition[method.localName] = createMethodDefinition(method, side) as MethodDefinition<object, object>;
   }
   return definition as ServiceDefinition;
 }

@@ -27,6 +27,14 @@ export interface CreatedApiKey {
 }
 
 const maxNameLength = 200;
+const maxFilterLength = 512;
+const keyIdPattern = /^[a-z2-7]{12}$/;
+
+/** PostgreSQL text holds no NUL; any other character is fine. */
+function assertText(field: string, value: string, maxLength: number): void {
+  if (value.includes('\u0000')) throw invalidArgument(field, 'contains a NUL character');
+  if (value.length > maxLength) throw invalidArgument(field, `is longer than ${maxLength} characters`);
+}
 
 export class AccessAdmin {
   constructor(
@@ -47,6 +55,7 @@ export class AccessAdmin {
     const name = request.name.trim();
     if (name.length === 0 || name.length > maxNameLength)
       throw invalidArgument('name', `must be 1 to ${maxNameLength} characters`);
+    assertText('name', name, maxNameLength);
     if (request.bindings.length === 0) throw invalidArgument('bindings', 'at least one binding is required');
     request.bindings.forEach((binding, index) => {
       if (binding.project !== allProjects) validateName(`bindings[${index}].project`, binding.project);
@@ -86,6 +95,8 @@ export class AccessAdmin {
 
   async revokeKey(principal: Principal, id: string): Promise<ApiKeyInfo> {
     if (id.startsWith('fsk_')) throw invalidArgument('id', 'give the key id, not the key itself');
+    if (!keyIdPattern.test(id))
+      throw new FStoreError('not_found', `API key ${JSON.stringify(id.slice(0, 64))} does not exist`);
     const key = await this.keys.get(id).catch((error: unknown) => {
       throw error instanceof FStoreError && error.code === 'not_found'
         ? new FStoreError('not_found', `API key ${JSON.stringify(id)} does not exist`)
@@ -108,6 +119,8 @@ export class AccessAdmin {
   ): Promise<AuditEvent[]> {
     if (!this.audit) throw new FStoreError('unimplemented', 'this server keeps no audit log');
     if (filter.project !== '') validateName('project', filter.project);
+    if (filter.principal !== undefined) assertText('principal', filter.principal, maxFilterLength);
+    if (filter.rpc !== undefined) assertText('rpc', filter.rpc, maxFilterLength);
     assertAllowed(principal, 'audit.read', filter.project === '' ? allProjects : filter.project);
     if (!Number.isInteger(filter.limit) || filter.limit < 1 || filter.limit > maxAuditListLimit)
       throw invalidArgument('limit', `must be 1 to ${maxAuditListLimit}`);
