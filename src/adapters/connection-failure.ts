@@ -1,3 +1,5 @@
+import { FStoreError } from '../domain/errors.js';
+
 /**
  * A store failure in plain words for callers: the driver's own text (addresses, SQL, socket
  * paths) stays in the error's cause and the server log, never in a status message.
@@ -24,6 +26,7 @@ const byCode: readonly [RegExp, string][] = [
   [/^(53300|53400)$/, 'too many connections'],
   [/^28/, 'authentication failed'],
   [/^3D000$/, 'the database does not exist'],
+  [/^42501$/, 'permission denied'],
   [/^08/, 'connection lost'],
 ];
 
@@ -40,7 +43,8 @@ const byMessage: readonly [RegExp, string][] = [
   [/not queryable|pool after calling end|connection is closed/i, 'connection closed'],
   [/command timed out|timed out/i, 'timed out'],
   [/enableOfflineQueue|not connected|stream isn't writeable/i, 'not connected (connection lost)'],
-  [/NOAUTH|WRONGPASS|password/i, 'authentication failed'],
+  [/NOAUTH|WRONGPASS|password|^SASL: /i, 'authentication failed'],
+  [/NOPERM/, 'permission denied'],
   [/CLUSTERDOWN/, 'the cluster is down'],
   [/TRYAGAIN|MOVED|ASK/, 'the cluster is resharding'],
   [/LOADING/, 'the server is loading its data'],
@@ -52,4 +56,21 @@ export function describeConnectionFailure(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
   for (const [pattern, words] of byMessage) if (pattern.test(message)) return words;
   return 'cannot be reached';
+}
+
+/**
+ * Why a store did not answer, in the same plain words, for the server log and /readyz. An
+ * adapter's 'unavailable' error already says it after "is unavailable: " (the words callers get
+ * in the status message); anything else is described from the driver error it wraps.
+ */
+export function failureReason(error: unknown): string {
+  if (error instanceof FStoreError) {
+    if (error.code === 'unavailable') {
+      const said = /\bis unavailable: (.+)$/s.exec(error.message)?.[1];
+      if (said !== undefined) return said;
+    }
+    if (error.code === 'deadline_exceeded') return 'timed out';
+    if (error.cause !== undefined) return describeConnectionFailure(error.cause);
+  }
+  return describeConnectionFailure(error);
 }

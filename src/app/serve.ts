@@ -1,6 +1,7 @@
 import cluster from 'node:cluster';
 import type { Logger } from 'pino';
 import { AggregatorRegistry, Registry as MetricsRegistry } from 'prom-client';
+import { failureReason } from '../adapters/connection-failure.js';
 import { createMemoryOnlineStore } from '../adapters/memory/memory-online-store.js';
 import { startEmbeddedPostgres } from '../adapters/postgres/embedded.js';
 import { createPostgresOfflineStore } from '../adapters/postgres/offline/postgres-offline-store.js';
@@ -92,16 +93,38 @@ async function connectRegistry(
   logger: Logger,
   stopped: () => boolean,
 ): Promise<Registry> {
+  let lastReason: string | undefined;
   for (let attempt = 1; ; attempt++) {
     try {
-      return await createPostgresRegistry({ connectionString: url, schema: config.postgresSchema });
+      const registry = await createPostgresRegistry({ connectionString: url, schema: config.postgresSchema });
+      if (lastReason !== undefined) logger.info({ attempt }, 'registry database connected');
+      return registry;
     } catch (error) {
       if (stopped() || (error as { code?: string }).code !== 'unavailable') throw error;
-      logger.warn({ attempt, err: error }, 'registry database unavailable; retrying');
+      // The cause at warn once (and again when it changes), not at every attempt.
+      const reason = failureReason(error);
+      logger[reason === lastReason ? 'debug' : 'warn'](
+        { attempt, reason, err: error },
+        `registry database unavailable: ${reason}; retrying`,
+      );
+      lastReason = reason;
       await sleep(Math.min(5_000, 100 * 2 ** attempt));
     }
   }
 }
+
+/** One probe of a store: it answered, or why not (plain words) and the error for the log. */
+interface Probe {
+  readonly up: boolean;
+  readonly reason?: string;
+  readonly error?: unknown;
+}
+
+const probe = (ping: Promise<void>): Promise<Probe> =>
+  ping.then(
+    () => ({ up: true }),
+    (error: unknown) => ({ up: false, reason: failureReason(error), error }),
+  );
 
 /** With metrics off: drift check figures are logged only. */
 const silentDriftSink: DriftCheckSink = {
@@ -261,32 +284,63 @@ export async function startServing(
   driftMonitor?.start();
 
   // Health follows the stores: NOT_SERVING while the online store does not answer; /readyz
-  // also wants PostgreSQL (registry, offline store).
-  let lastServing: boolean | undefined;
+  // also wants PostgreSQL (registry, offline store). The log says why a store does not answer
+  // once per change (up → down, one cause → another, down → up), not at every probe.
   let readiness: Readiness = {
     ready: false,
     checks: { onlineStore: false, offlineStore: false, registry: false },
   };
-  const answers = (ping: Promise<void>) =>
-    ping.then(
-      () => true,
-      () => false,
-    );
+  let onlineState: string | undefined; // 'serving' or why not
+  let offlineState: string | undefined; // 'up' or why not
+  let checking = false;
   const checkHealth = async () => {
-    const [onlineUp, offlineUp] = await Promise.all([answers(rawStore.ping()), answers(rawOffline.ping())]);
-    const serving = onlineUp && cache.loaded;
-    const next = { onlineStore: onlineUp, offlineStore: offlineUp, registry: cache.loaded };
-    const ready = serving && offlineUp;
-    if (ready !== readiness.ready && cluster.isWorker) process.send?.({ fstoreReadiness: ready });
-    readiness = { ready, checks: next };
-    if (serving !== lastServing) {
-      logger.info(
-        { serving, onlineStore: kind },
-        serving ? 'serving' : 'not serving: online store unavailable',
-      );
-      lastServing = serving;
+    // A probe slower than the interval: the next tick checks again (no overlapping checks).
+    if (checking) return;
+    checking = true;
+    try {
+      const [online, offline] = await Promise.all([probe(rawStore.ping()), probe(rawOffline.ping())]);
+      const serving = online.up && cache.loaded;
+      const ready = serving && offline.up;
+      const reasons: Record<string, string> = {};
+      if (online.reason !== undefined) reasons.onlineStore = online.reason;
+      if (offline.reason !== undefined) reasons.offlineStore = offline.reason;
+      if (!cache.loaded) reasons.registry = 'not loaded';
+      if (ready !== readiness.ready && cluster.isWorker) process.send?.({ fstoreReadiness: ready });
+      readiness = {
+        ready,
+        checks: { onlineStore: online.up, offlineStore: offline.up, registry: cache.loaded },
+        ...(Object.keys(reasons).length > 0 ? { reasons } : {}),
+      };
+      const nextOnline = serving ? 'serving' : (online.reason ?? 'registry not loaded');
+      if (nextOnline !== onlineState) {
+        if (serving) logger.info({ serving, onlineStore: kind }, 'serving');
+        else if (online.reason !== undefined)
+          logger.warn(
+            { serving, onlineStore: kind, reason: online.reason, err: online.error },
+            `not serving: online store unavailable: ${online.reason}`,
+          );
+        else
+          logger.warn(
+            { serving, onlineStore: kind, reason: 'registry not loaded' },
+            'not serving: registry not loaded',
+          );
+        onlineState = nextOnline;
+      }
+      const nextOffline = offline.reason ?? 'up';
+      if (nextOffline !== offlineState) {
+        if (offline.reason !== undefined)
+          logger.warn(
+            { offlineStore: 'postgres', reason: offline.reason, err: offline.error },
+            `offline store (PostgreSQL) unavailable: ${offline.reason}`,
+          );
+        else if (offlineState !== undefined)
+          logger.info({ offlineStore: 'postgres' }, 'offline store (PostgreSQL) answers again');
+        offlineState = nextOffline;
+      }
+      server.setServing(serving);
+    } finally {
+      checking = false;
     }
-    server.setServing(serving);
   };
   await checkHealth();
   const healthTimer = setInterval(() => void checkHealth(), config.healthCheckIntervalMs);

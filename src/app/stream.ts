@@ -39,6 +39,12 @@ export interface StreamRoleOptions {
    * start of its log (after a definition change, whose old state cannot be restored).
    */
   readonly reset?: boolean;
+  /**
+   * Aborted: the start gives up at its next step, stops and closes what it had started (nothing
+   * half-written: the reset's delete is one statement, and no batch is processed once stopping),
+   * and rejects with a `cancelled` FStoreError.
+   */
+  readonly signal?: AbortSignal;
   readonly onFatal: (error: unknown) => void;
 }
 
@@ -91,14 +97,32 @@ export async function startStreamRole(
       'invalid_argument',
       'fstore stream writes to the shared online store: set FSTORE_REDIS_URL or FSTORE_REDIS_CLUSTER_NODES',
     );
-  const registry = await createPostgresRegistry({
-    connectionString: config.postgresUrl,
-    schema: config.postgresSchema,
-  });
-  const closers: (() => Promise<void>)[] = [async () => registry.close()];
+  const { signal } = options;
+  const stoppedWhileStarting = () =>
+    new FStoreError(
+      'cancelled',
+      `fstore stream ${options.project}/${options.aggregation}: stopped while it started`,
+    );
+  /** Between the steps of the start: gives up once the signal is aborted. */
+  const checkStop = () => {
+    if (signal?.aborted) throw stoppedWhileStarting();
+  };
+  checkStop();
+  const closers: (() => Promise<void>)[] = [];
+  const closeAll = async () => {
+    for (const close of closers.reverse()) await close().catch(() => {});
+    closers.length = 0;
+  };
   try {
+    const registry = await createPostgresRegistry({
+      connectionString: config.postgresUrl,
+      schema: config.postgresSchema,
+    });
+    closers.push(async () => registry.close());
+    checkStop();
     const aggregation = await registry.getStreamAggregation(options.project, options.aggregation);
     const view = await registry.getFeatureView(options.project, aggregation.name);
+    checkStop();
     const { store: online } = createOnlineStore(config);
     closers.push(() => online.close());
     const offline = await createPostgresOfflineStore({
@@ -106,6 +130,7 @@ export async function startStreamRole(
       schema: config.postgresSchema,
     });
     closers.push(() => offline.close());
+    checkStop();
     if (options.reset) {
       const scope = { project: options.project, aggregation: aggregation.name, topic: aggregation.topic };
       const forgotten = await offline.deleteStreamCheckpoints(scope);
@@ -113,6 +138,7 @@ export async function startStreamRole(
         { ...scope, partitions: forgotten },
         'checkpoints deleted: every partition is read from its start',
       );
+      checkStop();
     }
     const source = createKafkaEventSource({
       brokers: config.kafkaBrokers.split(','),
@@ -150,6 +176,8 @@ export async function startStreamRole(
       onFatal: options.onFatal,
     });
     current = runner;
+    // Stopping the runner stops the source too, a start in progress included (it settles first).
+    closers.push(() => runner.stop());
     let started = false;
     let metricsServer: MetricsServer | undefined;
     if (metricsRegistry) {
@@ -167,8 +195,20 @@ export async function startStreamRole(
       });
       const server = metricsServer;
       closers.push(() => server.close());
+      checkStop();
     }
-    await runner.start();
+    // Told to stop while the runner starts (connecting to Kafka, joining the group): the runner
+    // is stopped at once, so its start gives up at its next step instead of going on.
+    const stopRunner = () => {
+      runner.stop().catch(() => {});
+    };
+    signal?.addEventListener('abort', stopRunner, { once: true });
+    try {
+      await runner.start();
+    } finally {
+      signal?.removeEventListener('abort', stopRunner);
+    }
+    checkStop();
     started = true;
     let previous: StreamStats | undefined;
     let previousAt = performance.now();
@@ -185,11 +225,13 @@ export async function startStreamRole(
       async stop() {
         clearInterval(timer);
         await runner.stop();
-        for (const close of closers.reverse()) await close().catch(() => {});
+        await closeAll();
       },
     };
   } catch (error) {
-    for (const close of closers.reverse()) await close().catch(() => {});
+    await closeAll();
+    // Whatever failed once the stop was asked for failed because of it (a start cut short).
+    if (signal?.aborted) throw stoppedWhileStarting();
     throw error;
   }
 }

@@ -7,7 +7,7 @@ import { FeatureService } from '../../gen/fstore/v1/feature_service_pb.js';
 import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
 import { tlsFilesOf } from '../app/security.js';
 import { resolvePostgres, startServing } from '../app/serve.js';
-import { startStreamRole } from '../app/stream.js';
+import { type StreamRole, startStreamRole } from '../app/stream.js';
 import {
   assertSafeListeners,
   type Config,
@@ -128,14 +128,31 @@ async function streamOneMember(
   flags: Record<string, string | boolean | undefined>,
 ): Promise<void> {
   const logger = pino({ level: config.logLevel, base: { pid: process.pid, role: 'stream' } });
-  const role = await startStreamRole(
+  const project = flags.project as string;
+  const aggregation = flags.aggregation as string;
+  const reset = Boolean(flags.reset);
+  // Signals are handled from here on, not only once the member runs (until a handler is installed
+  // the OS default applies: the process is killed on the spot). Told to stop while it starts, the
+  // start gives up at its next step and undoes what it did (nothing half-written), and the member
+  // exits 0 like one stopped while running.
+  const starting = new AbortController();
+  let role: Promise<StreamRole> | undefined;
+  stopOnSignals(logger, 'checkpointing every partition', async () => {
+    starting.abort();
+    const started = await role?.catch(() => undefined);
+    if (started) await started.stop();
+    else logger.info({ project, aggregation }, 'stopped while starting');
+  });
+  logger.info({ project, aggregation, reset }, 'stream member starting');
+  role = startStreamRole(
     config,
     {
-      project: flags.project as string,
-      aggregation: flags.aggregation as string,
+      project,
+      aggregation,
       groupId: flags.group as string | undefined,
       deadLetterTopic: flags.deadLetterTopic as string | undefined,
-      reset: Boolean(flags.reset),
+      reset,
+      signal: starting.signal,
       onFatal(error) {
         logger.fatal({ err: error }, 'stream member cannot go on');
         process.exit(1);
@@ -143,8 +160,14 @@ async function streamOneMember(
     },
     logger,
   );
-  logger.info({ project: flags.project, aggregation: flags.aggregation }, 'stream member started');
-  stopOnSignals(logger, 'checkpointing every partition', () => role.stop());
+  try {
+    await role;
+  } catch (error) {
+    // Stopped by a signal while it started: the signal's handler exits once it has stopped.
+    if (starting.signal.aborted) return;
+    throw error;
+  }
+  if (!starting.signal.aborted) logger.info({ project, aggregation }, 'stream member started');
 }
 
 /** On SIGTERM or SIGINT (once): logs `what`, runs `stop`, exits 0, or 1 when it failed. */
@@ -369,6 +392,10 @@ export function buildProgram(): Command {
     .option(
       '--dead-letter-topic <topic>',
       'where malformed, invalid and late events go (default <topic>.dlq)',
+    )
+    .option(
+      '--reset',
+      "delete the aggregation's checkpoints first: every partition is recomputed from the start of its log (after a definition change)",
     );
   for (const { flag, description } of streamFlags) stream.addOption(new Option(flag, description));
   stream.action(async (flags: Record<string, string | undefined>) => {

@@ -1,8 +1,9 @@
 /**
  * The point-in-time merge kernel (DESIGN §4): for each labelled entity row (key, t), the feature
- * row with the same key and the greatest event time ≤ t, ties broken by the latest created time.
- * A feature row with event time > t is never chosen (no label leakage). Pure and columnar so a
- * piscina worker can run it on typed arrays that crossed the thread boundary (DESIGN §2).
+ * row with the same key and the greatest event time ≤ t, ties broken by the latest created time,
+ * then by the row written last. A feature row with event time > t is never chosen (no label
+ * leakage). Pure and columnar so a piscina worker can run it on typed arrays that crossed the
+ * thread boundary (DESIGN §2).
  *
  * Keys are key ranks, not key values. The caller maps every composite entity key to an Int32 rank
  * through one sorted dictionary shared by both sides (equal keys ⇔ equal ranks; both sides sorted
@@ -10,15 +11,18 @@
  * between PostgreSQL's ORDER BY and JavaScript, and the property test still checks the merge
  * against composite keys. Ranks need not be dense, and feature rows may carry ranks no entity row
  * has (they are skipped). A natural source: number the sorted distinct input keys, join the view's
- * table against them and ORDER BY (rank, event_time, created_time).
+ * table against them and ORDER BY (rank, event_time, created_time, write order).
  *
  * Times are microseconds since the epoch in Float64Arrays; the ttl comparison `t - eventTime >
  * ttlMicros` is exact while |times| ≤ 2^52 (every difference is then an exact double).
  *
  * Because feature rows are sorted by (key, event time, created time), the row to choose for
  * (k, t) is simply the last feature row, in feature order, that sorts at or before (k, t): the
- * merge never compares created times, it only checks that the order holds. That is also why the
- * state carried between chunks is one row: the last feature row consumed.
+ * merge never compares created times, it only checks that the order holds. Of fully tied rows
+ * (equal key, event and created time) it therefore keeps the last in feature order, whatever
+ * chunks they arrive in: the caller sorts them by write order (the offline store's `seq`), so the
+ * row written last wins. That is also why the state carried between chunks is one row: the last
+ * feature row consumed.
  */
 import { FStoreError } from './errors.js';
 
@@ -34,7 +38,10 @@ export interface EntityRows {
   readonly inputIndex: Int32Array;
 }
 
-/** Feature rows of one view, sorted by (keyRank, eventTime, createdTime). */
+/**
+ * Feature rows of one view, sorted by (keyRank, eventTime, createdTime); of rows equal in all
+ * three, the last is the one chosen (sort them by write order for "the row written last wins").
+ */
 export interface FeatureRows {
   readonly keyRanks: Int32Array;
   readonly eventTimes: Float64Array;

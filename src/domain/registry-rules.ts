@@ -1,4 +1,5 @@
 import { FStoreError, invalidArgument } from './errors.js';
+import { inputLimits, validateTags, validateText } from './input-limits.js';
 import {
   type DriftMonitorDefinition,
   type EntityDefinition,
@@ -12,9 +13,12 @@ import {
   valueTypes,
 } from './model.js';
 
-/** Limits of the registry's objects; the proto comments document the same numbers. */
+/**
+ * Limits of the registry's objects; the proto comments document the same numbers. Text limits
+ * (descriptions, owners, tags) are in `inputLimits`.
+ */
 export const registryLimits = {
-  nameLength: 128,
+  nameLength: inputLimits.nameLength,
   joinKeysPerEntity: 8,
   entitiesPerView: 4,
   featuresPerView: 1000,
@@ -30,6 +34,8 @@ export function validateName(field: string, name: string, pattern: RegExp = name
   if (name.length === 0) throw invalidArgument(field, 'is required');
   if (name.length > registryLimits.nameLength)
     throw invalidArgument(field, `is longer than ${registryLimits.nameLength} characters`);
+  // Before the pattern, whose message would echo the name with its NUL.
+  if (name.includes('\u0000')) throw invalidArgument(field, 'contains a NUL character');
   if (!pattern.test(name))
     throw invalidArgument(
       field,
@@ -65,6 +71,7 @@ export function validateEntityDefinition(entity: EntityDefinition, field = 'enti
     `${field}.join_keys`,
     entity.joinKeys.map((key) => key.name),
   );
+  validateText(`${field}.description`, entity.description ?? '', inputLimits.descriptionBytes);
 }
 
 /** The types whose features may have bounds (`min`, `max`): numbers, timestamps, their lists. */
@@ -105,6 +112,9 @@ function validateFeatureRules(feature: FeatureDefinition, field: string): void {
       );
     if (allowed.length > registryLimits.allowedValues)
       throw invalidArgument(`${field}.allowed_values`, `at most ${registryLimits.allowedValues} values`);
+    allowed.forEach((value, index) => {
+      validateText(`${field}.allowed_values[${index}]`, value, inputLimits.allowedValueBytes);
+    });
     if (feature.type === 'int64')
       allowed.forEach((value, index) => {
         if (!/^-?\d{1,19}$/.test(value) || BigInt(value) !== BigInt.asIntN(64, BigInt(value)))
@@ -151,6 +161,12 @@ export function validateFeatureViewDefinition(view: FeatureViewDefinition, field
     validateName(`${field}.features[${index}].name`, feature.name);
     if (!valueTypes.includes(feature.type))
       throw invalidArgument(`${field}.features[${index}].type`, 'a value type is required');
+    validateText(
+      `${field}.features[${index}].description`,
+      feature.description ?? '',
+      inputLimits.descriptionBytes,
+    );
+    validateTags(`${field}.features[${index}].tags`, feature.tags ?? {});
     validateFeatureRules(feature, `${field}.features[${index}]`);
   });
   assertUnique(
@@ -160,6 +176,9 @@ export function validateFeatureViewDefinition(view: FeatureViewDefinition, field
   if (!Number.isInteger(view.ttlMs) || view.ttlMs < 0 || view.ttlMs > registryLimits.maxTtlMs)
     throw invalidArgument(`${field}.ttl`, `must be whole milliseconds from 0 to ${registryLimits.maxTtlMs}`);
   if (!featureViewSources.includes(view.source)) throw invalidArgument(`${field}.source`, 'unknown source');
+  validateText(`${field}.owner`, view.owner ?? '', inputLimits.ownerBytes);
+  validateText(`${field}.description`, view.description ?? '', inputLimits.descriptionBytes);
+  validateTags(`${field}.tags`, view.tags ?? {});
   if (
     view.freshnessMs !== undefined &&
     !(wholeMsUpTo(view.freshnessMs, registryLimits.maxTtlMs) && view.freshnessMs > 0)
@@ -317,7 +336,11 @@ export function validateFeatureSetDefinition(featureSet: FeatureSetDefinition, f
     throw invalidArgument(`${field}.features`, 'at least one feature is required');
   if (featureSet.features.length > registryLimits.featuresPerSet)
     throw invalidArgument(`${field}.features`, `at most ${registryLimits.featuresPerSet} features`);
-  for (const [index, reference] of featureSet.features.entries())
+  for (const [index, reference] of featureSet.features.entries()) {
+    // Longer than two names and a colon, a reference cannot name anything.
+    validateText(`${field}.features[${index}]`, reference, 2 * inputLimits.nameLength + 1);
     parseFeatureReference(`${field}.features[${index}]`, reference);
+  }
   assertUnique(`${field}.features`, featureSet.features);
+  validateText(`${field}.description`, featureSet.description ?? '', inputLimits.descriptionBytes);
 }

@@ -139,6 +139,8 @@ function validateEventField(field: string, name: string): void {
       field,
       `must be a field name of 1 to ${windowAggregationLimits.fieldLength} characters`,
     );
+  // Stored in the registry's jsonb, which cannot hold NUL.
+  if (name.includes('\u0000')) throw invalidArgument(field, 'contains a NUL character');
 }
 
 /** One key field per join key of the produced view's entities. */

@@ -54,6 +54,7 @@ import {
   partialKindOf,
 } from './aggregations.js';
 import { FStoreError, invalidArgument } from './errors.js';
+import { inputLimits } from './input-limits.js';
 import { validateName } from './registry-rules.js';
 import {
   alignDown,
@@ -83,7 +84,7 @@ export interface WindowAggregationSpec {
 
 export const windowAggregationLimits = {
   aggregations: 100,
-  fieldLength: 256,
+  fieldLength: inputLimits.eventFieldLength,
 } as const;
 
 /** A decoded event: its entity key (encoded by the caller; compared as a string), time and fields. */
@@ -206,6 +207,8 @@ export function validateWindowAggregationSpec(
           `must be a field name of 1 to ${windowAggregationLimits.fieldLength} characters`,
         ),
       );
+    else if (inputField.includes('\u0000'))
+      problems.push(invalidArgument(`${path}.field`, 'contains a NUL character'));
     const shapeProblems = validateWindowShape(aggregation, path);
     if (shapeProblems.length > 0) shapesValid = false;
     problems.push(...shapeProblems);

@@ -12,6 +12,7 @@ import {
   type ReferenceProfileSchema,
 } from '../../gen/fstore/v1/monitoring_pb.js';
 import { FStoreError, invalidArgument } from '../domain/errors.js';
+import { validateLookupName, validateVersion } from '../domain/input-limits.js';
 import {
   type FeatureProfile,
   type SummaryOptions,
@@ -44,6 +45,8 @@ function sourceFromProto(
     };
   if (value.case === 'served') return { kind: 'served' };
   if (value.value.name === '') throw invalidArgument(`${field}.saved.name`, 'is required');
+  validateLookupName(`${field}.saved.name`, value.value.name);
+  validateVersion(`${field}.saved.version`, value.value.version);
   return { kind: 'saved', name: value.value.name, version: value.value.version };
 }
 
@@ -176,6 +179,8 @@ export function createMonitoringServiceHandlers(
 
     async getReferenceProfile(request) {
       if (request.name === '') throw invalidArgument('name', 'is required');
+      validateLookupName('name', request.name);
+      validateVersion('version', request.version);
       const stored = await monitoring.getReference(project(request.project), request.name, request.version);
       return {
         profile: referenceToProto(stored.info, stored.profiles, summaryOptionsFromProto(request.options)),
@@ -183,6 +188,7 @@ export function createMonitoringServiceHandlers(
     },
 
     async listReferenceProfiles(request) {
+      validateLookupName('feature_view', request.featureView);
       const infos = await monitoring.listReferences(
         project(request.project),
         request.featureView || undefined,
@@ -192,6 +198,7 @@ export function createMonitoringServiceHandlers(
 
     async deleteReferenceProfile(request) {
       if (request.name === '') throw invalidArgument('name', 'is required');
+      validateLookupName('name', request.name);
       await monitoring.deleteReference(project(request.project), request.name);
       return {};
     },

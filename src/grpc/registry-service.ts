@@ -1,5 +1,6 @@
 import { RegistryService } from '../../gen/fstore/v1/registry_pb.js';
 import { isAllowed } from '../domain/access.js';
+import { validateLookupName, validateVersion } from '../domain/input-limits.js';
 import { validateName } from '../domain/registry-rules.js';
 import type { Registry } from '../ports/registry.js';
 import {
@@ -27,6 +28,11 @@ export function createRegistryServiceHandlers(
     validateName('project', name);
     return name;
   };
+  /** The name of an object looked up or deleted: refused when no object could have it (NUL, too long). */
+  const lookup = (name: string) => {
+    validateLookupName('name', name);
+    return name;
+  };
   const changed = async <T>(result: T & { outcome?: string }): Promise<T> => {
     if (result.outcome !== 'unchanged') await afterChange();
     return result;
@@ -41,13 +47,15 @@ export function createRegistryServiceHandlers(
       return { entity: entityToProto(result.entity), outcome: applyOutcomeToProto(result.outcome) };
     },
     async getEntity(request) {
-      return { entity: entityToProto(await registry.getEntity(project(request.project), request.name)) };
+      return {
+        entity: entityToProto(await registry.getEntity(project(request.project), lookup(request.name))),
+      };
     },
     async listEntities(request) {
       return { entities: (await registry.listEntities(project(request.project))).map(entityToProto) };
     },
     async deleteEntity(request) {
-      await registry.deleteEntity(project(request.project), request.name);
+      await registry.deleteEntity(project(request.project), lookup(request.name));
       await afterChange();
       return {};
     },
@@ -64,9 +72,10 @@ export function createRegistryServiceHandlers(
       };
     },
     async getFeatureView(request) {
+      validateVersion('version', request.version);
       const view = await registry.getFeatureView(
         project(request.project),
-        request.name,
+        lookup(request.name),
         request.version || undefined,
       );
       return { featureView: featureViewToProto(view) };
@@ -77,11 +86,11 @@ export function createRegistryServiceHandlers(
       };
     },
     async listFeatureViewVersions(request) {
-      const versions = await registry.listFeatureViewVersions(project(request.project), request.name);
+      const versions = await registry.listFeatureViewVersions(project(request.project), lookup(request.name));
       return { versions: versions.map(featureViewToProto) };
     },
     async deleteFeatureView(request) {
-      await registry.deleteFeatureView(project(request.project), request.name);
+      await registry.deleteFeatureView(project(request.project), lookup(request.name));
       await afterChange();
       return {};
     },
@@ -97,7 +106,9 @@ export function createRegistryServiceHandlers(
     },
     async getFeatureSet(request) {
       return {
-        featureSet: featureSetToProto(await registry.getFeatureSet(project(request.project), request.name)),
+        featureSet: featureSetToProto(
+          await registry.getFeatureSet(project(request.project), lookup(request.name)),
+        ),
       };
     },
     async listFeatureSets(request) {
@@ -106,7 +117,7 @@ export function createRegistryServiceHandlers(
       };
     },
     async deleteFeatureSet(request) {
-      await registry.deleteFeatureSet(project(request.project), request.name);
+      await registry.deleteFeatureSet(project(request.project), lookup(request.name));
       await afterChange();
       return {};
     },
@@ -126,7 +137,7 @@ export function createRegistryServiceHandlers(
       };
     },
     async getStreamAggregation(request) {
-      const aggregation = await registry.getStreamAggregation(project(request.project), request.name);
+      const aggregation = await registry.getStreamAggregation(project(request.project), lookup(request.name));
       return { streamAggregation: streamAggregationToProto(aggregation) };
     },
     async listStreamAggregations(request) {
@@ -134,7 +145,7 @@ export function createRegistryServiceHandlers(
       return { streamAggregations: aggregations.map(streamAggregationToProto) };
     },
     async deleteStreamAggregation(request) {
-      await registry.deleteStreamAggregation(project(request.project), request.name);
+      await registry.deleteStreamAggregation(project(request.project), lookup(request.name));
       await afterChange();
       return {};
     },

@@ -7,7 +7,7 @@ import { clientCertificateOptions, type TlsFiles, type TlsFileWatcher, watchTlsF
 /**
  * The HTTP side port (DESIGN §5): `/metrics` (Prometheus text format), `/healthz` (the process
  * answers) and `/readyz` (200 only while every store this process needs answers, else 503 with
- * what is down). A separate server from gRPC's: a slow scrape never holds a gRPC call, and each
+ * what is down and why, in plain words). A separate server from gRPC's: a slow scrape never holds a gRPC call, and each
  * request only reads figures already in memory. With `tls`, HTTPS (optionally mTLS) with
  * certificates reloaded on change.
  */
@@ -15,6 +15,8 @@ import { clientCertificateOptions, type TlsFiles, type TlsFileWatcher, watchTlsF
 export interface Readiness {
   readonly ready: boolean;
   readonly checks: Readonly<Record<string, boolean>>;
+  /** Why a failed check failed, in plain words ("authentication failed"); absent while all pass. */
+  readonly reasons?: Readonly<Record<string, string>>;
 }
 
 export interface MetricsServer {

@@ -14,7 +14,10 @@ export interface OfflineRowBatch {
   readonly keys: readonly (readonly KeyValue[])[];
   /** Event time of each row, microseconds since the epoch. */
   readonly eventTimes: readonly number[];
-  /** When each row was recorded, microseconds since the epoch (ties on event time: latest wins). */
+  /**
+   * When each row was recorded, microseconds since the epoch (ties on event time: latest wins;
+   * equal created times: the row written last wins, a later row of the batches or a later write).
+   */
   readonly createdTimes: readonly number[];
   /** One column per feature of `view.features`, in order; null where the value is null. */
   readonly values: readonly (readonly FeatureValue[])[];
@@ -40,7 +43,8 @@ export interface PointInTimeKeys {
 
 /**
  * Feature rows of a point-in-time read: every row (of any version) of the ranks
- * firstRank..lastRank, sorted by (rank, event time, created time), encoded as PostgreSQL binary
+ * firstRank..lastRank, sorted by (rank, event time, created time, write order: of fully tied rows
+ * the one written last comes last), encoded as PostgreSQL binary
  * COPY rows `(rank int4, event_time timestamptz, created_time timestamptz, <the features of the
  * view version asked for, in order>)` and decoded off the event loop by the point-in-time worker
  * (src/adapters/postgres/offline/binary-rows.ts). `bytes` owns its buffer: it can be transferred.
@@ -114,10 +118,10 @@ export interface OfflineStore {
   writeRows(batches: AsyncIterable<OfflineRowBatch> | Iterable<OfflineRowBatch>): Promise<OfflineWriteResult>;
   /**
    * The latest row per entity among the rows of `range` (greatest event time, ties by latest
-   * created time), in the layout of `view` (the current version: features that a row's own
-   * version lacked, or typed differently, are null). Streamed (binary COPY) in batches of at
-   * most `batchRows`, from one consistent snapshot, no faster than they are taken; stopping the
-   * iteration early (break, throw, `signal`) cancels the query.
+   * created time, then by the row written last), in the layout of `view` (the current version:
+   * features that a row's own version lacked, or typed differently, are null). Streamed (binary
+   * COPY) in batches of at most `batchRows`, from one consistent snapshot, no faster than they
+   * are taken; stopping the iteration early (break, throw, `signal`) cancels the query.
    */
   readLatest(
     view: FeatureView,

@@ -7,6 +7,7 @@ import {
   type RoleBinding,
 } from '../domain/access.js';
 import { FStoreError, invalidArgument } from '../domain/errors.js';
+import { inputLimits, validateMicros } from '../domain/input-limits.js';
 import { validateName } from '../domain/registry-rules.js';
 import type { ApiKeyInfo, ApiKeyStore } from '../ports/api-key-store.js';
 import type { AuditEvent, AuditFilter, AuditLog } from '../ports/audit-log.js';
@@ -60,6 +61,9 @@ export class AccessAdmin {
     request.bindings.forEach((binding, index) => {
       if (binding.project !== allProjects) validateName(`bindings[${index}].project`, binding.project);
     });
+    // NaN (a date no Date can hold) fails this too.
+    if (request.expiresAt !== undefined && !(request.expiresAt.getTime() <= inputLimits.maxTimestampMs))
+      throw invalidArgument('expires_at', 'must be before 10000-01-01T00:00:00Z');
     if (request.expiresAt !== undefined && request.expiresAt.getTime() <= Date.now())
       throw invalidArgument('expires_at', 'must be in the future');
     const bindings = distinctBindings(request.bindings);
@@ -124,6 +128,11 @@ export class AccessAdmin {
     assertAllowed(principal, 'audit.read', filter.project === '' ? allProjects : filter.project);
     if (!Number.isInteger(filter.limit) || filter.limit < 1 || filter.limit > maxAuditListLimit)
       throw invalidArgument('limit', `must be 1 to ${maxAuditListLimit}`);
+    // Compared with PostgreSQL timestamptz and bigint columns: unsafe integers cannot be.
+    if (filter.startMicros !== undefined) validateMicros('start_time', filter.startMicros);
+    if (filter.endMicros !== undefined) validateMicros('end_time', filter.endMicros);
+    if (filter.beforeId !== undefined && !(Number.isSafeInteger(filter.beforeId) && filter.beforeId > 0))
+      throw invalidArgument('before_id', `must be an event id from 1 to ${Number.MAX_SAFE_INTEGER}`);
     const { project, ...rest } = filter;
     return this.audit.list({ ...rest, ...(project === '' ? {} : { projects: [project] }) });
   }

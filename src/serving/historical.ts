@@ -104,9 +104,10 @@ const maxMicros = BigInt(Number.MAX_SAFE_INTEGER);
 /**
  * Point-in-time-correct historical retrieval (DESIGN §4, issue 3). Input rows are taken in blocks;
  * per block and view the offline store streams the feature rows of the block's keys (event time
- * ≤ that key's latest label time), sorted by (key rank, event time, created time), in segments
- * that never split a key; each segment is merged with the block's sorted rows of its keys in a
- * worker, and the results are put back in input order. A block's results are sent, in chunks,
+ * ≤ that key's latest label time), sorted by (key rank, event time, created time, write order:
+ * of fully tied rows the one written last comes last, and the merge keeps it), in segments that
+ * never split a key; each segment is merged with the block's sorted rows of its keys in a worker,
+ * and the results are put back in input order. A block's results are sent, in chunks,
  * before the next block is read, so memory is bounded by the block size, and every stage waits for
  * the next: a slow client stops the reading of its own input and of the database.
  */

@@ -53,7 +53,8 @@ interface LatestRow {
 
 /**
  * The latest row per entity of a stream (greatest event time, ties by latest created time, then
- * the later row): memory grows with distinct entities, not rows. Rows are encoded for the online
+ * the later row, which the offline store also writes later: the rule of historical retrieval and
+ * Materialize): memory grows with distinct entities, not rows. Rows are encoded for the online
  * store only at the end, once per entity, not once per row streamed.
  */
 class LatestRows {

@@ -1,4 +1,5 @@
 import { FStoreError, invalidArgument } from '../domain/errors.js';
+import { validateMicros } from '../domain/input-limits.js';
 import type { OfflineStore } from '../ports/offline-store.js';
 import type { OnlineStore } from '../ports/online-store.js';
 import { toOnlineEntries, writeOnlineEntries } from './online-features.js';
@@ -37,9 +38,11 @@ export interface MaterializeOptions {
 
 /**
  * Materialization (DESIGN §4): for each online view, the latest row per entity among the rows of
- * a time range, copied from the offline store to the online store through the same
- * last-write-wins write as pushes. A newer online row is never overwritten, so runs may repeat or
- * overlap; an incremental run starts where the view's last recorded run ended.
+ * a time range (greatest event time, then created time, then the row written last, as in
+ * historical retrieval: see the offline store's `readLatest`), copied from the offline store to
+ * the online store through the same last-write-wins write as pushes. A newer online row is never
+ * overwritten, so runs may repeat or overlap; an incremental run starts where the view's last
+ * recorded run ended.
  */
 export class MaterializeService {
   readonly #nowMicros: () => number;
@@ -84,6 +87,8 @@ export class MaterializeService {
 
   async *materialize(request: MaterializeRequest, signal?: AbortSignal): AsyncGenerator<MaterializeProgress> {
     const views = this.#views(request);
+    validateMicros('start_time', request.startMicros);
+    validateMicros('end_time', request.endMicros);
     const endMicros = request.endMicros === 0 ? this.#nowMicros() : request.endMicros;
     if (!request.incremental && request.startMicros >= endMicros)
       throw invalidArgument('start_time', `must be before end_time (${request.startMicros} ≥ ${endMicros})`);

@@ -1,4 +1,5 @@
 import { FStoreError, invalidArgument, notFound } from '../domain/errors.js';
+import { inputLimits, validateText } from '../domain/input-limits.js';
 import type { FeatureDefinition, FeatureView } from '../domain/model.js';
 import { type DriftOptions, type DriftResult, validateDriftOptions } from '../domain/profile/drift.js';
 import {
@@ -7,6 +8,7 @@ import {
   type FeatureProfile,
   mergeProfiles,
 } from '../domain/profile/feature-profile.js';
+import { profileNamePattern, validateName } from '../domain/registry-rules.js';
 import type { FeatureValueSegment, OfflineStore, TimeRange } from '../ports/offline-store.js';
 import type {
   ProfileSourceDescription,
@@ -324,6 +326,9 @@ export class MonitoringService {
     },
     signal?: AbortSignal,
   ): Promise<{ info: ReferenceProfileInfo; profiles: ReadonlyMap<string, FeatureProfile> }> {
+    // Before the profiling, which reads every row of the range.
+    validateName('name', request.name, profileNamePattern);
+    validateText('description', request.description, inputLimits.descriptionBytes);
     const source = describeSource(request.source);
     const profiled = await this.profile(
       request.project,

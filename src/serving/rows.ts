@@ -1,5 +1,6 @@
 import { type Column, columnToFeatureValues, columnToKeyValues } from '../domain/columns.js';
 import { FStoreError, invalidArgument } from '../domain/errors.js';
+import { keyValueProblem } from '../domain/input-limits.js';
 import type { FeatureDefinition, FeatureValue, FeatureView, KeyValue, ScalarValue } from '../domain/model.js';
 import type { ServedView } from './registry-cache.js';
 
@@ -56,17 +57,68 @@ export function countRows(entities: ReadonlyMap<string, Column>, maxBatchRows: n
   return rowCount;
 }
 
-/** The request's key column of each join key of `view`, checked for presence and type. */
+/**
+ * Refuses the first string key value that breaks `keyValueProblem` (NUL, more than
+ * `inputLimits.entityKeyBytes`): the one rule of every path that takes keys (online reads and
+ * writes, ingest, historical input), so a key valid online is valid offline. Rows are numbered
+ * from `firstRow`.
+ */
+function assertKeyValues(name: string, values: readonly KeyValue[], firstRow: number): void {
+  for (let row = 0; row < values.length; row++) {
+    const value = values[row];
+    if (typeof value !== 'string') continue;
+    const problem = keyValueProblem(value);
+    if (problem) throw invalidArgument(`rows[${firstRow + row}].entities["${name}"]`, problem);
+  }
+}
+
+/**
+ * The request's key column of each join key of `view`, checked for presence, type and the key
+ * value rule (rows numbered from `firstRow`).
+ */
 export function joinKeyColumns(
   view: FeatureView,
   entities: ReadonlyMap<string, Column>,
+  firstRow = 0,
 ): (readonly KeyValue[])[] {
   return view.joinKeys.map((joinKey) => {
     const column = entities.get(joinKey.name);
     if (!column)
       throw invalidArgument('entities', `missing join key "${joinKey.name}" of feature view "${view.name}"`);
-    return columnToKeyValues(`entities["${joinKey.name}"]`, joinKey.type, column);
+    const values = columnToKeyValues(`entities["${joinKey.name}"]`, joinKey.type, column);
+    if (joinKey.type === 'string') assertKeyValues(joinKey.name, values, firstRow);
+    return values;
   });
+}
+
+/**
+ * Refuses NUL in a string or string-list feature's values (PostgreSQL text cannot hold it; online
+ * writes follow the same rule, so every row written online can be written offline).
+ */
+function assertStringValues(
+  feature: FeatureDefinition,
+  values: readonly FeatureValue[],
+  firstRow: number,
+): void {
+  if (feature.type !== 'string' && feature.type !== 'string_list') return;
+  for (let row = 0; row < values.length; row++) {
+    const value = values[row];
+    if (typeof value === 'string') {
+      if (value.includes('\u0000'))
+        throw invalidArgument(
+          `rows[${firstRow + row}].features["${feature.name}"]`,
+          'contains a NUL character',
+        );
+    } else if (Array.isArray(value))
+      for (let element = 0; element < value.length; element++) {
+        const item = value[element];
+        if (typeof item === 'string' && item.includes('\u0000'))
+          throw invalidArgument(
+            `rows[${firstRow + row}].features["${feature.name}"][${element}]`,
+            'contains a NUL character',
+          );
+      }
+  }
 }
 
 const maxMicros = BigInt(Number.MAX_SAFE_INTEGER);
@@ -176,7 +228,7 @@ export function validateRows(
     rows.createdTimes && rows.createdTimes.length > 0
       ? timesOf('created_timestamps', rows.createdTimes, rowCount, false)
       : undefined;
-  const keys = joinKeyColumns(current, rows.entities);
+  const keys = joinKeyColumns(current, rows.entities, options.firstRow ?? 0);
 
   const indexes = view.featureIndexes.get(current.version) as ReadonlyMap<string, number>;
   const values = new Array<FeatureValue[] | undefined>(current.features.length);
@@ -205,6 +257,7 @@ export function validateRows(
       );
   });
   current.features.forEach((feature, index) => {
+    assertStringValues(feature, values[index] as FeatureValue[], options.firstRow ?? 0);
     assertFeatureRules(feature, values[index] as FeatureValue[], options.firstRow ?? 0);
   });
   return { rowCount, keys, eventTimes, createdTimes, values: values as FeatureValue[][] };

@@ -4,7 +4,14 @@
  * entity's join keys (string keys take strings, int64 keys take integers or decimal strings); the
  * event-time field is read in the definition's unit; only the fields the aggregations read are
  * kept. A record that breaks a rule is not an event: the decoder says what and where, for the
- * dead-letter topic.
+ * dead-letter topic, and which of the two reasons of a dead letter it is:
+ * - `malformed`: the record cannot be read as an event — its bytes are not one JSON object or
+ *   MessagePack map, or a key field or the event-time field is missing or of the wrong type (or
+ *   out of range);
+ * - `invalid`: an event (its key and time read) with a value its aggregation cannot take — not a
+ *   scalar, or not a number where the result is a number. The window aggregator says `invalid`
+ *   for the same kind of fault (a string for sum, mean, min or max; a non-finite number), so a
+ *   non-numeric value for a numeric aggregation is `invalid` whichever of the two finds it.
  */
 import { Unpackr } from 'msgpackr';
 import type { EventValue } from '../domain/aggregations.js';
@@ -16,7 +23,12 @@ import type { StreamEvent } from '../domain/window-aggregator.js';
 
 export type DecodedRecord =
   | { readonly ok: true; readonly event: StreamEvent }
-  | { readonly ok: false; readonly problem: string };
+  | {
+      readonly ok: false;
+      readonly problem: string;
+      /** `invalid`: a value its aggregation cannot take; absent: the record is malformed. */
+      readonly reason?: 'invalid';
+    };
 
 export type EventDecoder = (bytes: Uint8Array | null) => DecodedRecord;
 
@@ -35,7 +47,10 @@ const typeName = (value: unknown): string =>
         ? 'bytes'
         : typeof value;
 
+/** The record is not an event (dead-letter reason `malformed`). */
 const failure = (problem: string): DecodedRecord => ({ ok: false, problem });
+/** The event has a value its aggregation cannot take (dead-letter reason `invalid`). */
+const invalid = (problem: string): DecodedRecord => ({ ok: false, problem, reason: 'invalid' });
 
 /** The join-key value of `value`, or a string saying why it is not one. */
 function keyValue(joinKey: JoinKey, value: unknown): { readonly value: KeyValue } | string {
@@ -134,9 +149,9 @@ export function createEventDecoder(
       if (value === undefined || value === null) continue;
       const type = typeof value;
       if (type !== 'number' && type !== 'bigint' && type !== 'string' && type !== 'boolean')
-        return failure(`field ${field}: a scalar is required, got ${typeName(value)}`);
+        return invalid(`field ${field}: a scalar is required, got ${typeName(value)}`);
       if (needsNumber && type !== 'number' && type !== 'bigint')
-        return failure(`field ${field}: a number is required (last yields a double feature), got ${type}`);
+        return invalid(`field ${field}: a number is required (last yields a double feature), got ${type}`);
       values[field] = value as EventValue;
     }
     return { ok: true, event: { key: encodeOnlineKey(viewId, parts), time, fields: values } };

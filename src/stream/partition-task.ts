@@ -164,12 +164,14 @@ export class PartitionTask {
       this.nextOffset = offset + 1n;
       const decoded = decode(record.value);
       if (!decoded.ok) {
-        counts.malformed++;
+        // Not an event (malformed), or an event with a value its aggregation cannot take (invalid).
+        const reason = decoded.reason ?? 'malformed';
+        counts[reason]++;
         deadLetters.push({
           partition,
           offset: record.offset,
           value: record.value,
-          reason: 'malformed',
+          reason,
           problem: decoded.problem,
         });
         continue;

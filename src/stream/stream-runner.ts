@@ -16,6 +16,11 @@
  * and the log re-read from there, which emits the same results again. A sink that fails pauses the
  * partition (no more fetching for it) and is retried with backoff until it answers; other
  * partitions go on.
+ *
+ * Where the consumer reads from: the checkpoint is the one position that counts, never the
+ * group's committed Kafka offset (a copy for lag and tooling). At every assignment each assigned
+ * partition's task is restored (or started at the log's beginning when there is no checkpoint)
+ * and the consumer is moved to its next offset at once — see positionPartitions.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
@@ -146,9 +151,14 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
   const windowDelayHistogram = new Uint32Array(delayBuckets);
   let active = 0;
   let stopping = false;
+  let stopped: Promise<void> | undefined;
   let idle: (() => void) | undefined;
   let checkingQuiet = false;
   let stopTimer = () => {};
+  /** Bumped by every assignment: the positioning work of an earlier one gives up. */
+  let assignmentEpoch = 0;
+  /** Tasks being restored or started, by partition: one load per partition at a time. */
+  const loading = new Map<number, Promise<PartitionTask>>();
 
   const log = logger.child({ aggregation: aggregation.name, topic: aggregation.topic });
 
@@ -157,30 +167,152 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
       log.warn({ partition, why }, 'partition state dropped: rebuilt from its checkpoint');
   }
 
-  /** The task of `partition`, restored from its checkpoint, or started at the log's beginning. */
-  async function taskFor(partition: number): Promise<PartitionTask> {
-    const existing = tasks.get(partition);
-    if (existing) return existing;
-    const stored = (await offline.loadStreamCheckpoints(scope, [partition])).get(partition);
-    let task: PartitionTask;
-    if (stored) task = PartitionTask.restore(partition, taskOptions, stored, nowMs());
-    else {
-      const earliest = (await source.earliestOffsets()).get(partition) ?? '0';
-      task = PartitionTask.fresh(partition, taskOptions, BigInt(earliest), nowMs());
+  /**
+   * The tasks of `partitions` (that have none yet), each restored from its checkpoint or started
+   * at the beginning of its log: one checkpoint query and at most one log-start lookup for all.
+   */
+  async function loadTasks(partitions: readonly number[]): Promise<Map<number, PartitionTask>> {
+    const stored = await offline.loadStreamCheckpoints(scope, partitions);
+    const earliest = partitions.every((partition) => stored.has(partition))
+      ? new Map<number, string>()
+      : await source.earliestOffsets();
+    const loaded = new Map<number, PartitionTask>();
+    for (const partition of partitions) {
+      const checkpoint = stored.get(partition);
+      const task = checkpoint
+        ? PartitionTask.restore(partition, taskOptions, checkpoint, nowMs())
+        : PartitionTask.fresh(partition, taskOptions, BigInt(earliest.get(partition) ?? '0'), nowMs());
+      totals.taskRestores++;
+      log.info(
+        {
+          partition,
+          nextOffset: task.nextOffset.toString(),
+          generation: task.generation,
+          ...task.aggregator.stateSize,
+        },
+        checkpoint
+          ? 'partition restored from its checkpoint'
+          : 'partition starts from the beginning of its log',
+      );
+      tasks.set(partition, task);
+      if (assigned.includes(partition)) tracker.assignPartition(partition, nowMs(), task.maxEventTime);
+      loaded.set(partition, task);
     }
-    totals.taskRestores++;
-    log.info(
-      {
-        partition,
-        nextOffset: task.nextOffset.toString(),
-        generation: task.generation,
-        ...task.aggregator.stateSize,
-      },
-      stored ? 'partition restored from its checkpoint' : 'partition starts from the beginning of its log',
-    );
-    tasks.set(partition, task);
-    if (assigned.includes(partition)) tracker.assignPartition(partition, nowMs(), task.maxEventTime);
-    return task;
+    return loaded;
+  }
+
+  /** The tasks of `partitions`: in memory, being loaded, or loaded now (see loadTasks). */
+  function tasksFor(partitions: readonly number[]): Promise<PartitionTask[]> {
+    const missing = partitions.filter((partition) => !tasks.has(partition) && !loading.has(partition));
+    if (missing.length > 0) {
+      const load = loadTasks(missing);
+      for (const partition of missing) {
+        const one = load.then((loaded) => loaded.get(partition)!);
+        loading.set(partition, one);
+        const settled = () => {
+          if (loading.get(partition) === one) loading.delete(partition);
+        };
+        one.then(settled, settled);
+      }
+    }
+    return Promise.all(partitions.map((partition) => tasks.get(partition) ?? loading.get(partition)!));
+  }
+
+  async function taskFor(partition: number): Promise<PartitionTask> {
+    return (await tasksFor([partition]))[0]!;
+  }
+
+  /**
+   * Moves the consumer, for every partition of the assignment numbered `epoch`, to where its task
+   * continues — the checkpoint's next offset, or the start of the log when there is no checkpoint —
+   * at once, instead of waiting for a record to arrive on the partition at the committed offset.
+   *
+   * This is what makes `fstore stream --reset` recompute at once: the reset deletes the
+   * checkpoints (one DELETE, before the member joins its group) and this positioning, run by every
+   * member at every assignment, reads each partition again from the start of its log. Several
+   * members: a member that joins with --reset makes the group rebalance, so every member,
+   * including those already running, positions its partitions after the deletion; a task a member
+   * kept across that rebalance continues a checkpoint that is gone (or that another member has
+   * replaced since), so it is dropped and rebuilt from what is stored.
+   *
+   * Why a seek and not resetting the group's committed offsets to the earliest: Kafka refuses to
+   * change the committed offsets of a group that has members (the others may be running), and a
+   * second stored position, changed apart from the checkpoint, could disagree with it. Exactly
+   * once does not rest on the seek: a task applies records strictly in offset order from its own
+   * next offset (it skips those before, and seeks back when a batch starts after it), its state
+   * and offset are checkpointed together under compare-and-set on the generation, and its rows are
+   * a function of the log alone, written by idempotent upserts. A seek only chooses what is fetched
+   * next; one that comes too early or too late costs a re-read, never a different result.
+   */
+  async function positionPartitions(partitions: readonly number[], epoch: number) {
+    const current = () => !stopping && epoch === assignmentEpoch;
+    const kept = partitions.flatMap((partition) => {
+      const task = tasks.get(partition);
+      return task && !task.busy ? [{ partition, task, generation: task.generation }] : [];
+    });
+    if (kept.length > 0) {
+      const stored = await offline.loadStreamCheckpoints(
+        scope,
+        kept.map(({ partition }) => partition),
+      );
+      if (!current()) return;
+      for (const { partition, task, generation } of kept)
+        if (
+          tasks.get(partition) === task &&
+          !task.busy &&
+          task.generation === generation &&
+          (stored.get(partition)?.generation ?? null) !== generation
+        )
+          dropTask(partition, 'its checkpoint was deleted (a reset) or replaced by another member');
+    }
+    const positioned = await tasksFor(partitions);
+    if (!current()) return;
+    const commits: Promise<void>[] = [];
+    for (const task of positioned) {
+      // A batch of the partition in progress positions it itself (it seeks when it is ahead).
+      if (task.busy || tasks.get(task.partition) !== task || !assigned.includes(task.partition)) continue;
+      source.seek(task.partition, task.nextOffset.toString());
+      // The group's committed offset is set to the checkpoint's (never past it), from inside the
+      // group: after a reset, lag and tooling show the recompute at once; after a crash between a
+      // checkpoint and its Kafka commit, the commit catches up without waiting for a record.
+      const { partition, checkpointedOffset } = task;
+      commits.push(
+        source.commit(partition, checkpointedOffset.toString()).catch((error: unknown) => {
+          log.debug(
+            { partition, err: error },
+            'Kafka offset commit at assignment failed (the checkpoint holds the position)',
+          );
+        }),
+      );
+    }
+    await Promise.all(commits);
+  }
+
+  /** positionPartitions, retried with backoff until it succeeds or another assignment comes. */
+  async function position(partitions: readonly number[], epoch: number) {
+    for (let delay = 200; ; delay = Math.min(delay * 2, 5_000)) {
+      try {
+        await positionPartitions(partitions, epoch);
+        return;
+      } catch (error) {
+        if (stopping || epoch !== assignmentEpoch) return;
+        if (
+          error instanceof FStoreError &&
+          (error.code === 'failed_precondition' || error.code === 'data_loss')
+        ) {
+          // A checkpoint taken under another definition, or corrupt: nothing to go on with.
+          log.error({ partitions, err: error }, 'a partition cannot be restored');
+          options.onFatal(error);
+          return;
+        }
+        log.warn(
+          { partitions, err: error, retryInMs: delay },
+          'positioning the assigned partitions failed; retrying',
+        );
+        await sleep(delay);
+        if (stopping || epoch !== assignmentEpoch) return;
+      }
+    }
   }
 
   /** Retries `write` until it succeeds, pausing the partition meanwhile; false when the batch went stale. */
@@ -253,6 +385,8 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
   async function processBatch(batch: SourceBatch, control: BatchControl) {
     const task = await taskFor(batch.partition);
     while (task.busy) await sleep(5); // a quiet-partition checkpoint is being stored
+    // Dropped meanwhile (positioning found its checkpoint gone): the batch is fetched again, unresolved.
+    if (tasks.get(batch.partition) !== task) return;
     task.busy = true;
     try {
       await processTaskBatch(task, batch, control);
@@ -386,7 +520,11 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
     },
 
     async start() {
+      const stoppedWhileStarting = () =>
+        new FStoreError('cancelled', `stream aggregation ${aggregation.name}: stopped while it started`);
+      if (stopping) throw stoppedWhileStarting();
       await offline.ensureView(view);
+      if (stopping) throw stoppedWhileStarting();
       const quietTimer = setInterval(
         () => {
           if (!checkingQuiet) {
@@ -412,6 +550,8 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
               tracker.assignPartition(partition, nowMs(), tasks.get(partition)?.maxEventTime ?? null);
           assigned = [...partitions];
           log.info({ partitions }, 'assignment');
+          const epoch = ++assignmentEpoch;
+          if (partitions.length > 0 && !stopping) void position(partitions, epoch);
         },
         onBatch,
         onCrash(error) {
@@ -421,20 +561,28 @@ export function createStreamRunner(options: StreamRunnerOptions): StreamRunner {
       });
     },
 
-    async stop() {
-      stopping = true;
-      stopTimer();
-      if (active > 0)
-        await new Promise<void>((resolve) => {
-          idle = resolve;
-        });
-      for (const task of tasks.values())
-        try {
-          if (await checkpoint(task, [])) await source.commit(task.partition, task.nextOffset.toString());
-        } catch (error) {
-          log.warn({ partition: task.partition, err: error }, 'final checkpoint failed');
+    stop() {
+      // Any moment, a start in progress included: that start gives up at its next step (the
+      // source's start settles before the source stops), and nothing is processed once stopping.
+      stopped ??= (async () => {
+        stopping = true;
+        stopTimer();
+        if (active > 0)
+          await new Promise<void>((resolve) => {
+            idle = resolve;
+          });
+        for (const task of tasks.values()) {
+          // Nothing read since its last checkpoint (or since it started): nothing to store.
+          if (task.nextOffset === task.checkpointedOffset) continue;
+          try {
+            if (await checkpoint(task, [])) await source.commit(task.partition, task.nextOffset.toString());
+          } catch (error) {
+            log.warn({ partition: task.partition, err: error }, 'final checkpoint failed');
+          }
         }
-      await source.stop();
+        await source.stop();
+      })();
+      return stopped;
     },
 
     stats() {

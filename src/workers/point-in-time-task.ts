@@ -5,10 +5,11 @@ import { createPointInTimeMerger } from '../domain/point-in-time.js';
 
 /**
  * The point-in-time join of one segment, run in a piscina worker (DESIGN §2): the segment's
- * feature rows arrive as the bytes PostgreSQL sent (a transferred buffer), the entity rows as
- * typed arrays sorted by (rank, time); the worker decodes ranks and times, runs the merge kernel,
- * then decodes the values of the chosen rows only. Results go back as typed arrays in transferred
- * buffers, in the entity rows' (sorted) order.
+ * feature rows arrive as the bytes PostgreSQL sent (a transferred buffer), sorted by (rank, event
+ * time, created time, write order), so of fully tied rows the merge keeps the one written last; the
+ * entity rows as typed arrays sorted by (rank, time); the worker decodes ranks and times, runs the
+ * merge kernel, then decodes the values of the chosen rows only. Results go back as typed arrays
+ * in transferred buffers, in the entity rows' (sorted) order.
  */
 
 export interface PointInTimeTask {

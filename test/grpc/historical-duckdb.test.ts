@@ -13,7 +13,8 @@ import { startTestServer, type TestServer } from '../support/serving-harness.js'
  * same feature rows go through IngestFeatures (real gRPC, real PostgreSQL) and into DuckDB tables,
  * and every output row (status, value, event time of each feature) must equal what DuckDB computes
  * for it. The property test covers the corner cases on tiny inputs; this one covers volume: many
- * keys per block, segments of many keys, ties on event time everywhere.
+ * keys per block, segments of many keys, ties on event time everywhere, full ties
+ * (equal event and created time) decided by the write order.
  */
 
 const base = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z in microseconds
@@ -25,6 +26,7 @@ const seed = 20_260_101;
 
 const pairEntityCount = 2_000;
 const pairRowCount = 50_000;
+const fullTieCopies = 3_000;
 const userRowCount = 3_000;
 const entityRowCount = 20_000;
 const inputChunkRows = 2_500;
@@ -125,7 +127,22 @@ function generate() {
     const row = random.pick(pairRows);
     return { user: row.user, merchant: row.merchant, time: row.eventTime + random.pick(offsets) };
   });
-  return { pairRows, userRows, entityRows };
+
+  // Full ties: copies of some rows (copies included, so some ties are three-way or more) with the
+  // same keys, event AND created time but other values, anywhere in the stream. The answer is the
+  // row written last: the later one in the ingested order, which `seq` records for DuckDB.
+  const tieRandom = createRandom(seed + 1);
+  const written = [...pairRows];
+  for (let copy = 0; copy < fullTieCopies; copy++) {
+    const source = tieRandom.pick(written);
+    written.splice(tieRandom.integer(written.length + 1), 0, {
+      ...source,
+      amount: copy % 50 === 0 ? null : copy + 0.5,
+      label: `tie-${copy}`,
+      clicks: BigInt(copy),
+    });
+  }
+  return { pairRows: written, userRows, entityRows };
 }
 
 type IngestRequest = MessageInitShape<typeof IngestFeaturesRequestSchema>;
@@ -165,14 +182,15 @@ async function loadDuckDB(
   { pairRows, userRows, entityRows }: ReturnType<typeof generate>,
 ) {
   // Times stay BIGINT microseconds: the comparison and the ttl arithmetic are exact integers.
+  // seq: the order the rows were ingested in (one stream each), which breaks full ties.
   await connection.run(`CREATE TABLE pair_rows (user_id VARCHAR, merchant_id BIGINT, event_time BIGINT,
-    created_time BIGINT, amount DOUBLE, label VARCHAR, clicks BIGINT)`);
+    created_time BIGINT, amount DOUBLE, label VARCHAR, clicks BIGINT, seq BIGINT)`);
   await connection.run(
-    'CREATE TABLE user_rows (user_id VARCHAR, event_time BIGINT, created_time BIGINT, risk DOUBLE)',
+    'CREATE TABLE user_rows (user_id VARCHAR, event_time BIGINT, created_time BIGINT, risk DOUBLE, seq BIGINT)',
   );
   await connection.run('CREATE TABLE entity_rows (i INTEGER, user_id VARCHAR, merchant_id BIGINT, t BIGINT)');
   const pairs = await connection.createAppender('pair_rows');
-  for (const row of pairRows) {
+  for (const [seq, row] of pairRows.entries()) {
     pairs.appendVarchar(row.user);
     pairs.appendBigInt(row.merchant);
     pairs.appendBigInt(BigInt(row.eventTime));
@@ -183,16 +201,18 @@ async function loadDuckDB(
     else pairs.appendVarchar(row.label);
     if (row.clicks === null) pairs.appendNull();
     else pairs.appendBigInt(row.clicks);
+    pairs.appendBigInt(BigInt(seq));
     pairs.endRow();
   }
   pairs.closeSync();
   const users = await connection.createAppender('user_rows');
-  for (const row of userRows) {
+  for (const [seq, row] of userRows.entries()) {
     users.appendVarchar(row.user);
     users.appendBigInt(BigInt(row.eventTime));
     users.appendBigInt(BigInt(row.createdTime));
     if (row.risk === null) users.appendNull();
     else users.appendDouble(row.risk);
+    users.appendBigInt(BigInt(seq));
     users.endRow();
   }
   users.closeSync();
@@ -218,8 +238,9 @@ interface ViewSpec {
 
 /**
  * DESIGN §4 in SQL: ASOF picks the row with the greatest event_time ≤ t, but any one among equal
- * event times, so the table is first reduced to the latest created row per (keys, event time).
- * Then the ttl (t − event time > ttl: OUTSIDE_MAX_AGE, value withheld) and per-feature nulls.
+ * event times, so the table is first reduced to one row per (keys, event time): the latest
+ * created, and of those the one written last (greatest seq). Then the ttl (t − event time > ttl:
+ * OUTSIDE_MAX_AGE, value withheld) and per-feature nulls.
  */
 function expectedSql(spec: ViewSpec): string {
   const keys = spec.keys.join(', ');
@@ -236,7 +257,7 @@ function expectedSql(spec: ViewSpec): string {
   });
   return `WITH latest AS (
       SELECT * FROM ${spec.table}
-      QUALIFY row_number() OVER (PARTITION BY ${keys}, event_time ORDER BY created_time DESC) = 1
+      QUALIFY row_number() OVER (PARTITION BY ${keys}, event_time ORDER BY created_time DESC, seq DESC) = 1
     )
     SELECT e.i, coalesce(f.event_time, 0) AS event_time, ${columns.join(', ')}
     FROM entity_rows e ASOF LEFT JOIN latest f
@@ -397,7 +418,7 @@ describe('GetHistoricalFeatures agrees with DuckDB ASOF JOIN', () => {
     await server?.stop();
   });
 
-  it('on 20,000 labelled rows × 50,000 + 3,000 feature rows, row by row in input order', async () => {
+  it('on 20,000 labelled rows × 53,000 + 3,000 feature rows, row by row in input order', async () => {
     const { entityRows } = data;
     const chunks = [];
     for (let start = 0; start < entityRows.length; start += inputChunkRows) {
@@ -448,5 +469,17 @@ describe('GetHistoricalFeatures agrees with DuckDB ASOF JOIN', () => {
       ), tied AS (SELECT user_id, merchant_id, event_time FROM pair_rows GROUP BY ALL HAVING count(*) > 1)
       SELECT count(*)::INTEGER AS n FROM chosen JOIN tied USING (user_id, merchant_id, event_time)`);
     expect(ties.getColumnsObjectJS().n?.[0]).toBeGreaterThan(500);
+    // Label times that hit a full tie (equal event and created time), where the write order decides.
+    const fullTies = await connection.runAndReadAll(`WITH chosen AS (
+        SELECT e.user_id, e.merchant_id, f.event_time FROM entity_rows e
+        ASOF JOIN (SELECT DISTINCT user_id, merchant_id, event_time FROM pair_rows) f
+          ON e.user_id = f.user_id AND e.merchant_id = f.merchant_id AND e.t >= f.event_time
+      ), top AS (
+        SELECT user_id, merchant_id, event_time, count(*) AS n FROM pair_rows
+        GROUP BY user_id, merchant_id, event_time, created_time
+        QUALIFY row_number() OVER (PARTITION BY user_id, merchant_id, event_time ORDER BY created_time DESC) = 1
+      )
+      SELECT count(*)::INTEGER AS n FROM chosen JOIN top USING (user_id, merchant_id, event_time) WHERE top.n > 1`);
+    expect(fullTies.getColumnsObjectJS().n?.[0]).toBeGreaterThan(300);
   }, 60_000);
 });

@@ -353,8 +353,8 @@ export type RowChunk = Message<"fstore.v1.RowChunk"> & {
 
   /**
    * Optional, one per row: when the row was recorded (microseconds). Among rows with equal keys
-   * and event time, point-in-time reads take the latest created time. Default: the server's
-   * time when the chunk arrives.
+   * and event time, point-in-time reads take the latest created time, and of equal created times
+   * the row written last. Default: the server's time when the chunk arrives.
    *
    * @generated from field: repeated int64 created_timestamps = 4;
    */
@@ -767,9 +767,10 @@ export const FeatureService: GenService<{
   },
   /**
    * Copies, for each online view, the latest row per entity among the offline rows of a time
-   * range to the online store, through the same last-write-wins write as pushes: a newer online
-   * row is never overwritten, so runs may be repeated or run concurrently. Streams progress
-   * after every batch and once per view when it is done.
+   * range (greatest event time; ties: the latest created time, then the row written last) to the
+   * online store, through the same last-write-wins write as pushes: a newer online row is never
+   * overwritten, so runs may be repeated or run concurrently. Streams progress after every batch
+   * and once per view when it is done.
    *
    * @generated from rpc fstore.v1.FeatureService.Materialize
    */
@@ -783,7 +784,8 @@ export const FeatureService: GenService<{
    * labelled entity rows in chunks (join keys, a label time per row, and any extra columns to
    * carry through), then an end message. For each row and each requested feature, the server
    * takes the view's offline row with the same keys and the greatest event time <= the label
-   * time (ties: the latest created time); a row with a later event time is never used. A row
+   * time (ties: the latest created time, then the row written last: a later row of one ingest
+   * stream, or a row of a later ingest); a row with a later event time is never used. A row
    * older than the view's ttl at the label time gives OUTSIDE_MAX_AGE (value withheld).
    * Results stream back in chunks, in input order, column-major like GetOnlineFeatures, with the
    * keys, label times and carried columns echoed. Rows are processed in blocks of up to the

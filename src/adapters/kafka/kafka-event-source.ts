@@ -71,65 +71,88 @@ export function createKafkaEventSource(options: KafkaEventSourceOptions): EventS
     createPartitioner: Partitioners.DefaultPartitioner,
   });
   const admin: Admin = kafka.admin();
+  /** consumer.run() went through: the consumer is in the group and must leave it on stop. */
   let started = false;
+  /** stop() was called: a start in progress gives up at its next step. */
+  let stopRequested = false;
+  let starting: Promise<void> | undefined;
+  const stoppedWhileStarting = () =>
+    new FStoreError('cancelled', `the consumer of ${topic} was stopped while it started`);
+  /** Throws once stop() was called (between the steps of a start). */
+  const checkStop = () => {
+    if (stopRequested) throw stoppedWhileStarting();
+  };
+
+  async function startConsumer(handlers: EventSourceHandlers) {
+    try {
+      checkStop();
+      await Promise.all([consumer.connect(), producer.connect(), admin.connect()]);
+      checkStop();
+      const topics = await admin.listTopics();
+      if (!topics.includes(topic))
+        throw new FStoreError('failed_precondition', `Kafka topic ${topic} does not exist`);
+      if (!topics.includes(options.deadLetterTopic)) {
+        const metadata = await admin.fetchTopicMetadata({ topics: [topic] });
+        // Partitioned like the source; a concurrent member creating it too is fine.
+        await admin.createTopics({
+          waitForLeaders: true,
+          topics: [
+            { topic: options.deadLetterTopic, numPartitions: metadata.topics[0]?.partitions.length ?? 1 },
+          ],
+        });
+        logger.info({ topic: options.deadLetterTopic }, 'dead-letter topic created');
+      }
+      checkStop();
+      consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
+        const assignment = payload.memberAssignment[topic] ?? [];
+        handlers.onAssignment([...assignment].sort((a, b) => a - b));
+      });
+      consumer.on(consumer.events.CRASH, ({ payload }) => {
+        if (!payload.restart) handlers.onCrash(payload.error);
+      });
+      await consumer.subscribe({ topics: [topic], fromBeginning: true });
+      checkStop();
+      // From here the join is waited for, never cut short: kafkajs's consumer.stop() during a
+      // join does nothing, and the join would then go on fetching without a stop to come. stop()
+      // waits for this start to settle and then makes the consumer leave the group.
+      await consumer.run({
+        autoCommit: false,
+        eachBatchAutoResolve: false,
+        partitionsConsumedConcurrently: options.partitionsConsumedConcurrently,
+        eachBatch: async ({ batch, isStale, heartbeat, resolveOffset }) => {
+          if (batch.messages.length === 0) return;
+          await handlers.onBatch(
+            {
+              partition: batch.partition,
+              highWatermark: batch.highWatermark,
+              // kafkajs messages have the record shape: handed over as they are, not copied.
+              records: batch.messages,
+            },
+            { isStale, heartbeat, resolveOffset },
+          );
+        },
+      });
+      started = true;
+    } catch (error) {
+      await Promise.allSettled([consumer.disconnect(), producer.disconnect(), admin.disconnect()]);
+      if (error instanceof FStoreError) throw error;
+      if (stopRequested) throw stoppedWhileStarting();
+      throw new FStoreError(
+        'unavailable',
+        `Kafka (${options.brokers.join(',')}): ${(error as Error).message}`,
+        {
+          cause: error,
+        },
+      );
+    }
+  }
 
   return {
     topic,
 
-    async start(handlers: EventSourceHandlers) {
-      try {
-        await Promise.all([consumer.connect(), producer.connect(), admin.connect()]);
-        const topics = await admin.listTopics();
-        if (!topics.includes(topic))
-          throw new FStoreError('failed_precondition', `Kafka topic ${topic} does not exist`);
-        if (!topics.includes(options.deadLetterTopic)) {
-          const metadata = await admin.fetchTopicMetadata({ topics: [topic] });
-          // Partitioned like the source; a concurrent member creating it too is fine.
-          await admin.createTopics({
-            waitForLeaders: true,
-            topics: [
-              { topic: options.deadLetterTopic, numPartitions: metadata.topics[0]?.partitions.length ?? 1 },
-            ],
-          });
-          logger.info({ topic: options.deadLetterTopic }, 'dead-letter topic created');
-        }
-        consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
-          const assignment = payload.memberAssignment[topic] ?? [];
-          handlers.onAssignment([...assignment].sort((a, b) => a - b));
-        });
-        consumer.on(consumer.events.CRASH, ({ payload }) => {
-          if (!payload.restart) handlers.onCrash(payload.error);
-        });
-        await consumer.subscribe({ topics: [topic], fromBeginning: true });
-        await consumer.run({
-          autoCommit: false,
-          eachBatchAutoResolve: false,
-          partitionsConsumedConcurrently: options.partitionsConsumedConcurrently,
-          eachBatch: async ({ batch, isStale, heartbeat, resolveOffset }) => {
-            if (batch.messages.length === 0) return;
-            await handlers.onBatch(
-              {
-                partition: batch.partition,
-                highWatermark: batch.highWatermark,
-                // kafkajs messages have the record shape: handed over as they are, not copied.
-                records: batch.messages,
-              },
-              { isStale, heartbeat, resolveOffset },
-            );
-          },
-        });
-        started = true;
-      } catch (error) {
-        await Promise.allSettled([consumer.disconnect(), producer.disconnect(), admin.disconnect()]);
-        if (error instanceof FStoreError) throw error;
-        throw new FStoreError(
-          'unavailable',
-          `Kafka (${options.brokers.join(',')}): ${(error as Error).message}`,
-          {
-            cause: error,
-          },
-        );
-      }
+    start(handlers: EventSourceHandlers) {
+      starting = startConsumer(handlers);
+      return starting;
     },
 
     seek(partition, offset) {
@@ -175,6 +198,9 @@ export function createKafkaEventSource(options: KafkaEventSourceOptions): EventS
     },
 
     async stop() {
+      stopRequested = true;
+      // A start in progress gives up at its next step (or, joining, is waited for): settled first.
+      await starting?.catch(() => {});
       if (started) await consumer.stop().catch(() => {});
       await Promise.allSettled([consumer.disconnect(), producer.disconnect(), admin.disconnect()]);
     },

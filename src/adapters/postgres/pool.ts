@@ -203,6 +203,16 @@ export function isConnectionError(error: unknown): boolean {
   return unavailableMessages.some((pattern) => pattern.test(message));
 }
 
+// pg's own refusals before the server decides: SCRAM asked for, no password configured.
+const clientAuthenticationMessages = [/^SASL: /, /client password must be a string/];
+
+/** 28xxx from the server (wrong password, no such role, pg_hba.conf), or pg's own SASL refusal. */
+function isAuthenticationError(error: unknown): boolean {
+  if (errorCode(error)?.startsWith('28')) return true;
+  const message = error instanceof Error ? error.message : '';
+  return clientAuthenticationMessages.some((pattern) => pattern.test(message));
+}
+
 /**
  * Driver errors → FStoreError, at the adapter boundary. An FStoreError passes through unchanged.
  * `purpose` names the database in messages ("registry database").
@@ -213,9 +223,9 @@ export function translateDatabaseError(error: unknown, purpose = defaultPurpose)
   const detail = describe(error);
   // Messages reach callers: plain words only. The driver's text (SQL, addresses) stays in `cause`,
   // which the server logs with the request id.
-  if (isConnectionError(error) || code?.startsWith('28') || code === '3D000')
-    // 28xxx (authentication) and 3D000 (no such database) are configuration problems, but to a
-    // caller they mean the same: the registry cannot be reached until someone fixes it.
+  if (isConnectionError(error) || isAuthenticationError(error) || code === '3D000')
+    // Authentication and 3D000 (no such database) are configuration problems, but to a caller
+    // they mean the same: the registry cannot be reached until someone fixes it.
     return new FStoreError(
       'unavailable',
       `${purpose} (PostgreSQL) is unavailable: ${describeConnectionFailure(error)}`,

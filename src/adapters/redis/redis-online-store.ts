@@ -295,12 +295,16 @@ interface ConnectionWatch {
   /** Resolves when the first connection attempt has ended (ready, failed or timed out). */
   readonly firstAttempt: Promise<void>;
   isFirstAttemptOver(): boolean;
-  lastError(): string | undefined;
+  /**
+   * The last connection failure since the last 'ready', as ioredis reported it: the error itself,
+   * so its `code` (ECONNREFUSED on an AggregateError with an empty message, …) still names the cause.
+   */
+  lastError(): unknown;
 }
 
 function watchConnection(client: RedisClient, connectTimeoutMs: number): ConnectionWatch {
   let over = false;
-  let lastError: string | undefined;
+  let lastError: unknown;
   let endFirstAttempt: () => void = () => {};
   const firstAttempt = new Promise<void>((resolve) => {
     endFirstAttempt = resolve;
@@ -319,7 +323,7 @@ function watchConnection(client: RedisClient, connectTimeoutMs: number): Connect
   });
   // Listening to 'error' also keeps ioredis from printing every failed reconnect attempt.
   client.on('error', (error: unknown) => {
-    lastError = error instanceof Error ? error.message : String(error);
+    lastError = error ?? new Error('unknown connection error');
   });
   client.on('close', settle);
   client.on('end', settle);
@@ -345,7 +349,7 @@ export function createRedisOnlineStore(options: RedisOnlineStoreOptions): Online
       const lastError = connection.lastError();
       throw lastError === undefined
         ? unavailable(`not connected (${client.status})`)
-        : unavailableFrom(new Error(lastError));
+        : unavailableFrom(lastError);
     }
   }
 

@@ -3,7 +3,7 @@ import type { FeatureValue, KeyValue } from '../../../domain/model.js';
 import type { TimeRange } from '../../../ports/offline-store.js';
 import { quoteIdentifier } from '../pool.js';
 import { decodeColumns } from './binary-rows.js';
-import type { ColumnMapping, ViewLayout } from './table-layout.js';
+import { type ColumnMapping, type ViewLayout, writeOrderColumn } from './table-layout.js';
 
 /**
  * The SQL of "latest row per entity in a time range" (binary COPY) and the decoding of its rows
@@ -38,8 +38,9 @@ export function timeLiteral(value: number, name: string): string {
 
 /**
  * The latest row per entity of [start, end) as binary COPY output: DISTINCT ON the keys, newest
- * event time first, ties by newest created time. Raw columns (keys, event time, created time, the
- * features), decoded by `decodeLatestRows`.
+ * event time first, ties by newest created time, then by the row written last (greatest `seq`,
+ * see `writeOrderColumn`). Raw columns (keys, event time, created time, the features), decoded by
+ * `decodeLatestRows`.
  */
 export function latestRowsCopy(layout: ViewLayout, qualifiedTable: string, range: TimeRange): string {
   const keys = layout.keys.map((key) => quoteIdentifier(key.columnName));
@@ -54,7 +55,8 @@ export function latestRowsCopy(layout: ViewLayout, qualifiedTable: string, range
     WHERE event_time >= ${timeLiteral(range.startMicros, 'startMicros')}
       AND event_time < ${timeLiteral(range.endMicros, 'endMicros')}
       AND ${keys.map((key) => `${key} IS NOT NULL`).join(' AND ')}
-    ORDER BY ${keys.join(', ')}, event_time DESC, created_time DESC) TO STDOUT (FORMAT binary)`;
+    ORDER BY ${keys.join(', ')}, event_time DESC, created_time DESC, ${quoteIdentifier(writeOrderColumn)} DESC)
+    TO STDOUT (FORMAT binary)`;
 }
 
 /** The number of columns of a `latestRowsCopy` row. */

@@ -1,13 +1,16 @@
 import type { KeyValue } from '../../../domain/model.js';
 import { quoteIdentifier } from '../pool.js';
 import { micros, selectExpression, toValue } from './latest-rows.js';
-import { postgresTypeOf, type ViewLayout } from './table-layout.js';
+import { postgresTypeOf, type ViewLayout, writeOrderColumn } from './table-layout.js';
 
 /**
  * The SQL of point-in-time reads. The join's distinct keys are loaded into a table of the call
  * (binary COPY, see `encodeKeyTable`) with their rank and the latest label time asked for each;
- * the feature rows then come out ordered by (rank, event time, created time) as binary COPY, so
- * neither side depends on how PostgreSQL collates the keys: the merge compares ranks only.
+ * the feature rows then come out ordered by (rank, event time, created time, write order) as
+ * binary COPY, so neither side depends on how PostgreSQL collates the keys: the merge compares
+ * ranks only. The write order (`seq`, see `writeOrderColumn`) is not sent: it only makes the order
+ * total, so that of fully tied rows (equal keys, event and created time) the one written last
+ * comes last, which is the one the merge keeps.
  */
 
 /**
@@ -24,14 +27,17 @@ export function keyTableDefinition(layout: ViewLayout, keyTable: string): string
   )`;
 }
 
-/** Rows of the view with a key of the key table and an event time ≤ that key's max time. */
+/**
+ * Rows of the view with a key of the key table and an event time ≤ that key's max time, in the
+ * merge's order: rank, event time, created time, then write order.
+ */
 export function pointInTimeQuery(layout: ViewLayout, qualifiedTable: string, keyTable: string): string {
   const join = layout.keys.map((key, index) => `f.${quoteIdentifier(key.columnName)} = k.k${index}`);
   return `SELECT k.rank, f.event_time, f.created_time${layout.features
     .map((feature) => `, f.${quoteIdentifier(feature.columnName)}`)
     .join('')}
     FROM ${keyTable} k JOIN ${qualifiedTable} f ON ${join.join(' AND ')} AND f.event_time <= k.max_time
-    ORDER BY k.rank, f.event_time, f.created_time`;
+    ORDER BY k.rank, f.event_time, f.created_time, f.${quoteIdentifier(writeOrderColumn)}`;
 }
 
 /**

@@ -44,6 +44,8 @@ import {
   type StoredMapping,
   type ViewLayout,
   viewTableName,
+  writeOrderColumn,
+  writeOrderSequenceName,
 } from './table-layout.js';
 
 /** The port plus what only operators use so far. */
@@ -114,6 +116,22 @@ export async function createPostgresOfflineStore(
         PRIMARY KEY (project, aggregation, topic, partition)
       )`);
     });
+    // Tables made before rows had a write order get it now, before any read depends on it.
+    const unordered = await pool.query<{ name: string }>(
+      `SELECT c.relname AS name FROM pg_class c
+       WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+         AND c.relkind = 'p' AND c.relname ~ '^offline_view_[0-9]+$'
+         AND NOT EXISTS (SELECT 1 FROM pg_attribute a
+                         WHERE a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped)
+       ORDER BY 1`,
+      [schema, writeOrderColumn],
+    );
+    for (const { name } of unordered.rows)
+      await pool.transaction(async (client) => {
+        // A one-off rewrite of a table of any size: not a runaway statement.
+        await client.query('SET LOCAL statement_timeout = 0');
+        await addWriteOrder(client, Number(name.slice('offline_view_'.length)));
+      });
   } catch (error) {
     if (options.ownsPool) await pool.end();
     throw translateDatabaseError(error, purpose);
@@ -147,8 +165,45 @@ export async function createPostgresOfflineStore(
     );
   };
 
+  /** The write-order column's type and default (see `writeOrderColumn`). */
+  function writeOrderDefinition(viewId: number): string {
+    const sequence = stringLiteral(table(writeOrderSequenceName(viewId)));
+    return `${writeOrderColumn} bigint NOT NULL DEFAULT nextval(${sequence}::regclass)`;
+  }
+
+  /**
+   * Gives an existing view table made before rows had a write order its `seq` column, in the
+   * caller's transaction; does nothing when it has one or does not exist. Adding a column with a
+   * volatile default rewrites the table (every partition) under ACCESS EXCLUSIVE, once: the stored
+   * rows get distinct values in the order the rewrite reads them, arbitrary but fixed, all below
+   * those of rows written afterwards.
+   */
+  async function addWriteOrder(client: PoolClient, viewId: number): Promise<void> {
+    const parent = table(viewTableName(viewId));
+    const present = async () => {
+      const result = await client.query<{ table: boolean; column: boolean }>(
+        `SELECT to_regclass($1) IS NOT NULL AS table,
+                EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2
+                        AND NOT attisdropped) AS column`,
+        [parent, writeOrderColumn],
+      );
+      const row = result.rows[0];
+      return !row?.table || row.column;
+    };
+    if (await present()) return;
+    await lock(client, `view.${viewId}`);
+    if (await present()) return; // another process added it meanwhile
+    const sequence = table(writeOrderSequenceName(viewId));
+    await client.query(`CREATE SEQUENCE IF NOT EXISTS ${sequence} AS bigint NO CYCLE`);
+    await client.query(`ALTER TABLE ${parent} ADD COLUMN ${writeOrderDefinition(viewId)}`);
+    await client.query(`ALTER SEQUENCE ${sequence} OWNED BY ${parent}.${quoteIdentifier(writeOrderColumn)}`);
+  }
+
   /** Makes the table and columns of a view version exist; in the caller's transaction. */
   async function ensureLayout(client: PoolClient, view: FeatureView): Promise<ViewLayout> {
+    // A table another process made without a write order since this one started (an older server
+    // during a rolling upgrade): readers of this process order by it.
+    await addWriteOrder(client, view.id);
     const known = layoutFromStored(view, await readMappings(client, view.id, view.version));
     if (known) return known;
     await lock(client, `view.${view.id}`);
@@ -169,14 +224,20 @@ export async function createPostgresOfflineStore(
       parent,
     ]);
     if (!exists.rows[0]?.exists) {
+      const sequence = table(writeOrderSequenceName(view.id));
+      await client.query(`CREATE SEQUENCE IF NOT EXISTS ${sequence} AS bigint NO CYCLE`);
       // Key columns may be null: rows of a version with other join keys have none there.
       await client.query(`CREATE TABLE ${parent} (
         ${layout.keys.map((key) => `${quoteIdentifier(key.columnName)} ${postgresTypeOf(key.valueType)},`).join('\n')}
         event_time   timestamptz NOT NULL,
         created_time timestamptz NOT NULL,
-        view_version integer     NOT NULL
+        view_version integer     NOT NULL,
+        ${writeOrderDefinition(view.id)}
         ${layout.features.map((feature) => `, ${quoteIdentifier(feature.columnName)} ${postgresTypeOf(feature.valueType)}`).join('\n')}
       ) PARTITION BY RANGE (event_time)`);
+      await client.query(
+        `ALTER SEQUENCE ${sequence} OWNED BY ${parent}.${quoteIdentifier(writeOrderColumn)}`,
+      );
       // Time-range scans (materialization, "every entity over a range").
       await client.query(
         `CREATE INDEX ${quoteIdentifier(`${layout.table}_time_idx`)} ON ${parent} (event_time)`,
@@ -196,7 +257,9 @@ export async function createPostgresOfflineStore(
         );
     }
     // Point-in-time lookups ("greatest event time ≤ t per key, ties by latest created time") and
-    // key-ordered merge scans: one index per distinct set of key columns.
+    // key-ordered merge scans: one index per distinct set of key columns. The write order is not
+    // in it: it only orders full ties, a few rows sorted after the index scan, and tables made
+    // before it existed keep the same indexes.
     const keyColumns = layout.keys.map((key) => key.columnName).join(',');
     const versions = new Set(stored.map((mapping) => mapping.version));
     const keySetSeen = [...versions].some(
@@ -797,6 +860,9 @@ async function tableExists(client: PoolClient, qualifiedName: string): Promise<b
   ]);
   return result.rows[0]?.exists === true;
 }
+
+/** A SQL string literal. */
+const stringLiteral = (text: string) => `'${text.replaceAll("'", "''")}'`;
 
 const microsOf = (column: string) => `((EXTRACT(EPOCH FROM ${column}) * 1000000)::bigint)::text`;
 

@@ -35,6 +35,19 @@ export const columnsTable = 'offline_columns';
 
 export const viewTableName = (viewId: number): string => `offline_view_${viewId}`;
 
+/**
+ * The write order of a view's rows: every view table has a `seq bigint NOT NULL` column filled by
+ * default from the view's own sequence (`offline_view_<id>_seq`, owned by the column), so a row
+ * written later has a greater value: within one write, a later row of its stream; a write that
+ * starts after another ended, every row of it (concurrent writes interleave, in the order their
+ * rows reach the table). It breaks full ties: of rows with the same keys and equal event AND
+ * created time, the one written last is the answer of every read that chooses a latest row. The
+ * sequence has no cache, so values follow the order of nextval calls across sessions.
+ */
+export const writeOrderColumn = 'seq';
+
+export const writeOrderSequenceName = (viewId: number): string => `${viewTableName(viewId)}_seq`;
+
 const pgScalarTypes: Record<string, string> = {
   int64: 'bigint',
   double: 'double precision',
