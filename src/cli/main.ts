@@ -26,6 +26,11 @@ import { addSecurityCommands } from './security-commands.js';
 
 /** `fstore` — the command-line entry. Flags override FSTORE_* environment variables. */
 
+// bin/fstore.js ends the process on a signal while the sources load; from here on each command
+// decides what a signal means (drain, checkpoint), so those early handlers go.
+process.removeAllListeners('SIGTERM');
+process.removeAllListeners('SIGINT');
+
 const serveFlags: { flag: string; key: ConfigKey; description: string }[] = [
   {
     flag: '--host <host>',
