@@ -156,7 +156,11 @@ export async function createSecurity(config: Config, postgresUrl: string, logger
 
     return {
       gate: createCallGate({
-        ...(authenticator ? { authenticator } : {}),
+        maxOfflineStreams: config.maxOfflineStreams,
+        // With authentication off every caller is `anonymous`: only the process cap applies.
+        ...(authenticator
+          ? { authenticator, maxOfflineStreamsPerPrincipal: config.maxOfflineStreamsPerPrincipal }
+          : {}),
         ...(rateLimiter ? { rateLimiter } : {}),
         ...(auditLog ? { auditLog } : {}),
       }),

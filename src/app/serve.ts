@@ -247,6 +247,7 @@ export async function startServing(
           logger,
           observer,
           security.gate,
+          { streamIdleTimeoutMs: config.streamIdleTimeoutMs },
         ),
       },
       {
@@ -257,6 +258,7 @@ export async function startServing(
           logger,
           observer,
           security.gate,
+          { streamIdleTimeoutMs: config.streamIdleTimeoutMs },
         ),
       },
       {
@@ -267,6 +269,7 @@ export async function startServing(
           logger,
           observer,
           security.gate,
+          { streamIdleTimeoutMs: config.streamIdleTimeoutMs },
         ),
       },
       {
@@ -277,6 +280,7 @@ export async function startServing(
           logger,
           observer,
           security.gate,
+          { streamIdleTimeoutMs: config.streamIdleTimeoutMs },
         ),
       },
     ],

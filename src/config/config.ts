@@ -67,6 +67,9 @@ export const configDefaults = {
   rateLimitRowsPerSecond: 0, // per principal (a 1,000-row batch costs 1,000); 0: unlimited
   rateLimitRowBurst: 0, // 0: one second's worth
   auditLog: 'on', // registry changes, key changes, writes, ingests and materializations, in PostgreSQL
+  streamIdleTimeoutMs: 30_000, // a request stream silent this long is ended (DEADLINE_EXCEEDED), its transaction rolled back
+  maxOfflineStreams: 8, // ingest / historical / materialize calls open at once per process (the offline pool has 10 connections)
+  maxOfflineStreamsPerPrincipal: 4, // the same per caller, with authentication on (with it off every caller is one)
 } as const;
 
 const integer = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
@@ -171,6 +174,12 @@ const settings = {
   rateLimitRowsPerSecond: { env: 'FSTORE_RATE_LIMIT_ROWS_PER_SECOND', schema: integer(0, 1_000_000_000) },
   rateLimitRowBurst: { env: 'FSTORE_RATE_LIMIT_ROW_BURST', schema: integer(0, 10_000_000_000) },
   auditLog: { env: 'FSTORE_AUDIT_LOG', schema: onOff },
+  streamIdleTimeoutMs: { env: 'FSTORE_STREAM_IDLE_TIMEOUT_MS', schema: integer(0, 3_600_000) },
+  maxOfflineStreams: { env: 'FSTORE_MAX_OFFLINE_STREAMS', schema: integer(1, 10_000) },
+  maxOfflineStreamsPerPrincipal: {
+    env: 'FSTORE_MAX_OFFLINE_STREAMS_PER_PRINCIPAL',
+    schema: integer(1, 10_000),
+  },
   logLevel: {
     env: 'FSTORE_LOG_LEVEL',
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),

@@ -21,13 +21,52 @@ export interface CallGateOptions {
   readonly auditLog?: AuditLog;
   /** The table (tests may pass a smaller one). */
   readonly permissions?: Readonly<Record<string, RpcPermission>>;
+  /**
+   * Most offline streams (ingest, historical retrieval, materialization: each holds a database
+   * connection or query while it lasts) open at once in this process, and per principal, so idle
+   * or slow streams of one caller cannot take every connection of the offline pool. Default: no cap.
+   */
+  readonly maxOfflineStreams?: number;
+  readonly maxOfflineStreamsPerPrincipal?: number;
 }
+
+/** A refused offline stream may retry when one ends; a second is a fair first guess. */
+const offlineStreamRetryMs = 1_000;
 
 type Fields = Record<string, unknown>;
 
 export function createCallGate(options: CallGateOptions): CallGate {
   const table = options.permissions ?? rpcPermissions;
   const { authenticator, rateLimiter, auditLog } = options;
+  const maxStreams = options.maxOfflineStreams ?? Number.POSITIVE_INFINITY;
+  const maxStreamsPerPrincipal = options.maxOfflineStreamsPerPrincipal ?? Number.POSITIVE_INFINITY;
+  let openStreams = 0;
+  const openStreamsOf = new Map<string, number>();
+
+  /** Takes an offline stream slot for `principal`, or refuses with RESOURCE_EXHAUSTED. */
+  const takeStream = (principal: Principal): void => {
+    const own = openStreamsOf.get(principal.id) ?? 0;
+    if (own >= maxStreamsPerPrincipal)
+      throw new FStoreError(
+        'resource_exhausted',
+        `${principal.id} already has ${own} offline streams open (ingest, historical, materialize), the most one caller may have (FSTORE_MAX_OFFLINE_STREAMS_PER_PRINCIPAL); retry when one ends`,
+        { retryAfterMs: offlineStreamRetryMs },
+      );
+    if (openStreams >= maxStreams)
+      throw new FStoreError(
+        'resource_exhausted',
+        `this server already has ${openStreams} offline streams open (ingest, historical, materialize), its most (FSTORE_MAX_OFFLINE_STREAMS); retry when one ends`,
+        { retryAfterMs: offlineStreamRetryMs },
+      );
+    openStreams += 1;
+    openStreamsOf.set(principal.id, own + 1);
+  };
+  const releaseStream = (principal: Principal): void => {
+    openStreams -= 1;
+    const own = (openStreamsOf.get(principal.id) ?? 1) - 1;
+    if (own <= 0) openStreamsOf.delete(principal.id);
+    else openStreamsOf.set(principal.id, own);
+  };
 
   const admitted = (
     method: string,
@@ -40,6 +79,7 @@ export function createCallGate(options: CallGateOptions): CallGate {
     let rows = 0;
     let responseObject: string | undefined;
     let refused: unknown;
+    let holdsStream = false;
     return {
       principal,
       admit(message: unknown) {
@@ -57,6 +97,10 @@ export function createCallGate(options: CallGateOptions): CallGate {
                   `${principal.id} lacks permission ${entry.permission} on every project`,
                 );
             }
+            if (entry.offlineStream) {
+              takeStream(principal);
+              holdsStream = true;
+            }
           } catch (error) {
             refused = error;
             throw error;
@@ -73,6 +117,10 @@ export function createCallGate(options: CallGateOptions): CallGate {
         if (entry.audit?.responseObject) responseObject = entry.audit.responseObject(response as Fields);
       },
       finish(error: unknown) {
+        if (holdsStream) {
+          holdsStream = false;
+          releaseStream(principal);
+        }
         if (!entry.audit || !auditLog || first === undefined) return;
         auditLog.record({
           principal: principal.id,

@@ -29,6 +29,8 @@ export interface RpcPermission {
   readonly project: (request: Fields) => string | undefined;
   readonly rows?: (message: Fields) => number;
   readonly audit?: RpcAudit;
+  /** A stream that holds an offline database connection or query while it lasts (capped per process and principal). */
+  readonly offlineStream?: true;
 }
 
 const projectField = (request: Fields): string => String(request.project ?? '');
@@ -82,6 +84,7 @@ export const rpcPermissions: Readonly<Record<string, RpcPermission>> = {
     },
   },
   'fstore.v1.FeatureService/IngestFeatures': {
+    offlineStream: true,
     permission: 'offline.ingest',
     project: (request) => String(firstMessageOf(request, 'header')?.project ?? ''),
     rows: rowsOfChunk,
@@ -91,6 +94,7 @@ export const rpcPermissions: Readonly<Record<string, RpcPermission>> = {
     },
   },
   'fstore.v1.FeatureService/Materialize': {
+    offlineStream: true,
     permission: 'online.materialize',
     project: projectField,
     audit: {
@@ -100,6 +104,7 @@ export const rpcPermissions: Readonly<Record<string, RpcPermission>> = {
     },
   },
   'fstore.v1.FeatureService/GetHistoricalFeatures': {
+    offlineStream: true,
     permission: 'historical.read',
     project: (request) => String(firstMessageOf(request, 'query')?.project ?? ''),
     rows: rowsOfChunk,

@@ -190,22 +190,56 @@ const malformed = (request: MalformedRequest, typeName: string, index?: number) 
     `${index === undefined ? 'the request' : `message ${index} of the request stream`} is not a valid ${typeName}: ${request.problem}`,
   );
 
+/**
+ * The next message of a request stream, or a DEADLINE_EXCEEDED failure after `idleMs` without
+ * one: a client that stops sending must not hold what its call holds (an ingest's transaction
+ * and its database connection) until the connection drops.
+ */
+async function nextWithin<T>(
+  iterator: AsyncIterator<T>,
+  idleMs: number,
+  index: number,
+): Promise<IteratorResult<T>> {
+  if (!Number.isFinite(idleMs) || idleMs <= 0) return iterator.next();
+  let timer: NodeJS.Timeout | undefined;
+  const idle = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new FStoreError(
+            'deadline_exceeded',
+            `no message for ${idleMs} ms after message ${index} of the request stream (FSTORE_STREAM_IDLE_TIMEOUT_MS): the call was ended and nothing it sent was kept`,
+          ),
+        ),
+      idleMs,
+    );
+  });
+  try {
+    return await Promise.race([iterator.next(), idle]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 async function* requestsOf(
   call: ServerReadableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>,
   signal: AbortSignal,
   gate: Promise<GateCall>,
   typeName: string,
+  idleMs: number,
 ): AsyncGenerator<unknown> {
   const admission = await gate;
   // Not `for await (… of call)`: its iterator destroys the stream at the end of the input, and a
   // destroyed duplex can no longer send the responses and status of a bidirectional call.
-  let index = 0;
-  for await (const request of call.iterator({ destroyOnReturn: false })) {
+  const iterator = call.iterator({ destroyOnReturn: false })[Symbol.asyncIterator]();
+  for (let index = 0; ; index++) {
+    const next = await nextWithin(iterator, idleMs, index);
+    if (next.done) break;
+    const request: unknown = next.value;
     if (request instanceof MalformedRequest) throw malformed(request, typeName, index);
     // Authorized on the first message (it names the project), charged on every one, before the
     // handler — and so any store — sees it.
     await admission.admit(request);
-    index += 1;
     yield request;
   }
   if (call.cancelled || signal.aborted)
@@ -227,7 +261,9 @@ export function createServiceImplementation<S extends DescService>(
   logger: ServerLogger,
   observer?: CallObserver,
   gate?: CallGate,
+  options: { readonly streamIdleTimeoutMs?: number } = {},
 ): UntypedServiceImplementation {
+  const idleMs = options.streamIdleTimeoutMs ?? 0;
   const implementation: UntypedServiceImplementation = {};
   for (const method of service.methods) {
     const handler = (handlers as Record<string, (request: unknown, context: CallContext) => Promise<object>>)[
@@ -282,6 +318,7 @@ export function createServiceImplementation<S extends DescService>(
               signal,
               gateCall,
               method.input.typeName,
+              idleMs,
             );
           const responses = (
             handler as unknown as (request: unknown, context: CallContext) => AsyncIterable<object>
@@ -346,6 +383,7 @@ export function createServiceImplementation<S extends DescService>(
             signal,
             gateCall,
             method.input.typeName,
+            idleMs,
           );
         return handler(input, { signal, metadata: call.metadata, principal: admission.principal, requestId });
       };

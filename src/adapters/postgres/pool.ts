@@ -67,8 +67,24 @@ export function createPostgresPool(options: PostgresOptions, purpose = defaultPu
     try {
       return await pool.connect();
     } catch (error) {
-      throw translate(error);
+      throw poolFull(error) ?? translate(error);
     }
+  }
+
+  /**
+   * pg reports a wait for a free pooled connection that outlasts the connect timeout like a
+   * database that does not answer. With every connection of the pool checked out, it is neither:
+   * the database is up and busy with other calls of this process. Say so, with a retry hint.
+   */
+  function poolFull(error: unknown): FStoreError | undefined {
+    if (!/timeout exceeded when trying to connect/i.test(error instanceof Error ? error.message : ''))
+      return undefined;
+    if (pool.totalCount < options.poolSize || pool.idleCount > 0) return undefined;
+    return new FStoreError(
+      'resource_exhausted',
+      `${purpose} (PostgreSQL): all ${options.poolSize} connections of this server are in use by other calls; retry shortly`,
+      { cause: error, retryAfterMs: 500 },
+    );
   }
 
   async function runOnce<T>(work: (client: PoolClient) => Promise<T>, begin: string): Promise<T> {
@@ -111,7 +127,7 @@ export function createPostgresPool(options: PostgresOptions, purpose = defaultPu
       try {
         return await pool.query<Row>(text, values as unknown[] | undefined);
       } catch (error) {
-        throw translate(error);
+        throw poolFull(error) ?? translate(error);
       }
     },
 
