@@ -3,6 +3,7 @@ import type { ConnectionOptions } from 'node:tls';
 import type { ServerCredentials } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { createMemoryRateLimiter } from '../adapters/memory/memory-rate-limiter.js';
+import { startEmbeddedPostgres } from '../adapters/postgres/embedded.js';
 import { createPostgresApiKeyStore } from '../adapters/postgres/postgres-api-key-store.js';
 import { createPostgresAuditLog } from '../adapters/postgres/postgres-audit-log.js';
 import { createRedisRateLimiter } from '../adapters/redis/redis-rate-limiter.js';
@@ -185,24 +186,27 @@ export async function createKeyInDatabase(
   config: Config,
   request: { name: string; bindings: readonly RoleBinding[]; expiresAt: Date | undefined },
 ): Promise<{ key: string; id: string }> {
-  if (!config.postgresUrl)
-    throw new FStoreError(
-      'invalid_argument',
-      'setting FSTORE_POSTGRES_URL: --bootstrap writes to the database; give its URL',
-    );
-  const store = await createPostgresApiKeyStore({
-    connectionString: config.postgresUrl,
-    schema: config.postgresSchema,
-    poolSize: 1,
-  });
+  // Without FSTORE_POSTGRES_URL: the embedded PostgreSQL of `fstore serve`'s embedded defaults,
+  // started for the write and stopped again (so run it before the server, which owns it then).
+  const embedded = config.postgresUrl
+    ? undefined
+    : await startEmbeddedPostgres({ dataDir: config.embeddedPostgresDir, port: config.embeddedPostgresPort });
   try {
-    const admin = new AccessAdmin(store, undefined);
-    const created = await admin.createKey(
-      { id: 'local:bootstrap', method: 'none', bindings: [{ role: 'admin', project: '*' }] },
-      request,
-    );
-    return { key: created.key, id: created.info.id };
+    const store = await createPostgresApiKeyStore({
+      connectionString: config.postgresUrl ?? embedded?.connectionString ?? '',
+      schema: config.postgresSchema,
+      poolSize: 1,
+    });
+    try {
+      const created = await new AccessAdmin(store, undefined).createKey(
+        { id: 'local:bootstrap', method: 'none', bindings: [{ role: 'admin', project: '*' }] },
+        request,
+      );
+      return { key: created.key, id: created.info.id };
+    } finally {
+      await store.close();
+    }
   } finally {
-    await store.close();
+    await embedded?.stop();
   }
 }

@@ -81,3 +81,25 @@ export function clientOptionsOf(flags: ConnectionFlags): ClientOptions {
 
 export const connect = <S extends DescService>(service: S, flags: ConnectionFlags): ServiceClient<S> =>
   createClient(service, flags.address, clientOptionsOf(flags));
+
+/**
+ * Runs one client command: connects to `service`, runs `work`, closes the client. A failure is
+ * printed as `fstore <name>: <message>` and sets exit code 1.
+ */
+export async function runWithClient<S extends DescService>(
+  name: string,
+  service: S,
+  flags: ConnectionFlags,
+  work: (client: ServiceClient<S>) => Promise<void>,
+): Promise<void> {
+  let client: ServiceClient<S> | undefined;
+  try {
+    client = connect(service, flags);
+    await work(client);
+  } catch (error) {
+    process.stderr.write(`fstore ${name}: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.exitCode = 1;
+  } finally {
+    client?.close();
+  }
+}

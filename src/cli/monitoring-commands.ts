@@ -15,7 +15,7 @@ import {
 import { configDefaults } from '../config/config.js';
 import { parseTimestampMicros } from '../domain/timestamps.js';
 import type { ServiceClient } from '../grpc/client.js';
-import { type ConnectionFlags, connect } from './connection.js';
+import { type ConnectionFlags, runWithClient } from './connection.js';
 
 /**
  * `fstore profile`, `fstore profiles`, `fstore drift` and `fstore quality`: MonitoringService
@@ -79,28 +79,11 @@ const levelName: Record<DriftLevel, string> = {
   [DriftLevel.ALERT]: 'ALERT',
 };
 
-async function run(
+const run = (
   name: string,
   flags: ConnectionFlags,
   work: (client: ServiceClient<typeof MonitoringService>) => Promise<void>,
-) {
-  let client: ServiceClient<typeof MonitoringService>;
-  try {
-    client = connect(MonitoringService, flags);
-  } catch (error) {
-    process.stderr.write(`fstore ${name}: ${error instanceof Error ? error.message : String(error)}\n`);
-    process.exitCode = 1;
-    return;
-  }
-  try {
-    await work(client);
-  } catch (error) {
-    process.stderr.write(`fstore ${name}: ${error instanceof Error ? error.message : String(error)}\n`);
-    process.exitCode = 1;
-  } finally {
-    client.close();
-  }
-}
+) => runWithClient(name, MonitoringService, flags, work);
 
 export function addMonitoringCommands(program: Command): void {
   program

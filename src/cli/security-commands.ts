@@ -5,7 +5,7 @@ import { createKeyInDatabase } from '../app/security.js';
 import { loadConfig } from '../config/config.js';
 import { parseRoleBinding } from '../domain/access.js';
 import type { ServiceClient } from '../grpc/client.js';
-import { addConnectionOptions, type ConnectionFlags, connect } from './connection.js';
+import { addConnectionOptions, type ConnectionFlags, runWithClient } from './connection.js';
 
 /** `fstore keys create|list|revoke`, `fstore audit`, `fstore whoami`: AdminService from the shell. */
 
@@ -34,22 +34,11 @@ function describeKey(key: ApiKey): string {
   ].join('  ');
 }
 
-async function run(
+const run = (
   name: string,
   flags: ConnectionFlags,
   work: (client: ServiceClient<typeof AdminService>) => Promise<void>,
-): Promise<void> {
-  let client: ServiceClient<typeof AdminService> | undefined;
-  try {
-    client = connect(AdminService, flags);
-    await work(client);
-  } catch (error) {
-    process.stderr.write(`fstore ${name}: ${error instanceof Error ? error.message : String(error)}\n`);
-    process.exitCode = 1;
-  } finally {
-    client?.close();
-  }
-}
+) => runWithClient(name, AdminService, flags, work);
 
 /** A duration like 90d, 12h, 30m or 3600s, in milliseconds. */
 function parseDuration(text: string): number {

@@ -7,7 +7,7 @@ import {
   type RoleBinding,
 } from '../domain/access.js';
 import { FStoreError, invalidArgument } from '../domain/errors.js';
-import { inputLimits, validateMicros } from '../domain/input-limits.js';
+import { inputLimits, validateMicros, validateText } from '../domain/input-limits.js';
 import { validateName } from '../domain/registry-rules.js';
 import type { ApiKeyInfo, ApiKeyStore } from '../ports/api-key-store.js';
 import type { AuditEvent, AuditFilter, AuditLog } from '../ports/audit-log.js';
@@ -28,14 +28,8 @@ export interface CreatedApiKey {
 }
 
 const maxNameLength = 200;
-const maxFilterLength = 512;
+const maxFilterBytes = 512;
 const keyIdPattern = /^[a-z2-7]{12}$/;
-
-/** PostgreSQL text holds no NUL; any other character is fine. */
-function assertText(field: string, value: string, maxLength: number): void {
-  if (value.includes('\u0000')) throw invalidArgument(field, 'contains a NUL character');
-  if (value.length > maxLength) throw invalidArgument(field, `is longer than ${maxLength} characters`);
-}
 
 export class AccessAdmin {
   constructor(
@@ -56,7 +50,7 @@ export class AccessAdmin {
     const name = request.name.trim();
     if (name.length === 0 || name.length > maxNameLength)
       throw invalidArgument('name', `must be 1 to ${maxNameLength} characters`);
-    assertText('name', name, maxNameLength);
+    validateText('name', name, maxNameLength);
     if (request.bindings.length === 0) throw invalidArgument('bindings', 'at least one binding is required');
     request.bindings.forEach((binding, index) => {
       if (binding.project !== allProjects) validateName(`bindings[${index}].project`, binding.project);
@@ -123,8 +117,8 @@ export class AccessAdmin {
   ): Promise<AuditEvent[]> {
     if (!this.audit) throw new FStoreError('unimplemented', 'this server keeps no audit log');
     if (filter.project !== '') validateName('project', filter.project);
-    if (filter.principal !== undefined) assertText('principal', filter.principal, maxFilterLength);
-    if (filter.rpc !== undefined) assertText('rpc', filter.rpc, maxFilterLength);
+    if (filter.principal !== undefined) validateText('principal', filter.principal, maxFilterBytes);
+    if (filter.rpc !== undefined) validateText('rpc', filter.rpc, maxFilterBytes);
     assertAllowed(principal, 'audit.read', filter.project === '' ? allProjects : filter.project);
     if (!Number.isInteger(filter.limit) || filter.limit < 1 || filter.limit > maxAuditListLimit)
       throw invalidArgument('limit', `must be 1 to ${maxAuditListLimit}`);
